@@ -1,0 +1,367 @@
+//! The command line of the supervisor (SPEC section 1): clap definitions, and
+//! the step from raw flags to a validated `RunConfig`. Nothing is created or
+//! started before this step has accepted every flag, name and path.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::error::Fatal;
+use crate::paths::Paths;
+
+/// Shown under `--help`: the other modes of the binary and every exit code.
+pub const AFTER_HELP: &str = "\
+Other modes of the same binary:
+  container-run ctl start|stop|term|quit|status|restart JOB [-p PROCESS]
+  container-run bpm start|stop|term|quit|pid|running JOB [-p PROCESS]
+  container-run probe JOB [-p PROCESS] -- CHECK [ARG...]
+  (each has its own --help; invoked as `bpm`, the binary is the bpm command)
+
+Exit codes:
+  0        stopped by SIGTERM/SIGINT, everything ended
+  1        container-run could not start (base directory, socket in use),
+           or the post-start failed or timed out
+  2        usage error (bad flag, name, duration, path too long)
+  126      COMMAND is not executable
+  127      COMMAND was not found
+  N        COMMAND exited with status N (1-255)
+  128+S    COMMAND was killed by signal S";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "container-run",
+    version = crate::VERSION,
+    about = "Run one BOSH job process as a container's entrypoint, with a control socket to stop and start it",
+    after_help = AFTER_HELP
+)]
+pub struct RunArgs {
+    /// The BOSH job.
+    #[arg(long = "job-name", value_name = "JOB")]
+    pub job_name: String,
+
+    /// The process of that job [default: JOB].
+    #[arg(long = "process-name", value_name = "PROCESS")]
+    pub process_name: Option<String>,
+
+    /// The post-start command, run after every start of the process.
+    #[arg(long = "post-start-name", value_name = "CMD")]
+    pub post_start_name: Option<OsString>,
+
+    /// One argument of the post-start command; repeatable, kept in order.
+    #[arg(
+        long = "post-start-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
+    pub post_start_args: Vec<OsString>,
+
+    /// A command that must exit 0 before the post-start runs.
+    #[arg(long = "post-start-condition-name", value_name = "CMD")]
+    pub condition_name: Option<OsString>,
+
+    /// One argument of the condition command; repeatable, kept in order.
+    #[arg(
+        long = "post-start-condition-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
+    pub condition_args: Vec<OsString>,
+
+    /// Debug logging.
+    #[arg(long)]
+    pub debug: bool,
+
+    /// Root of the socket, sentinel, pidfile and STOP marker.
+    #[arg(
+        long = "base-dir",
+        value_name = "DIR",
+        env = "CONTAINER_RUN_BASE_DIR",
+        default_value = "/var/vcap"
+    )]
+    pub base_dir: PathBuf,
+
+    /// Time between SIGTERM and SIGKILL when stopping.
+    #[arg(
+        long = "stop-timeout",
+        value_name = "DURATION",
+        env = "CONTAINER_RUN_STOP_TIMEOUT",
+        default_value = "20s",
+        value_parser = parse_duration
+    )]
+    pub stop_timeout: Duration,
+
+    /// Bound on the condition loop and the post-start together.
+    #[arg(
+        long = "post-start-timeout",
+        value_name = "DURATION",
+        env = "CONTAINER_RUN_POST_START_TIMEOUT",
+        default_value = "15m",
+        value_parser = parse_duration
+    )]
+    pub post_start_timeout: Duration,
+
+    /// Time between two runs of the post-start condition.
+    #[arg(
+        long = "condition-interval",
+        value_name = "DURATION",
+        env = "CONTAINER_RUN_CONDITION_INTERVAL",
+        default_value = "3s",
+        value_parser = parse_duration
+    )]
+    pub condition_interval: Duration,
+
+    /// Mode of the control socket, octal; the owner always keeps read and write.
+    #[arg(
+        long = "socket-mode",
+        value_name = "MODE",
+        env = "CONTAINER_RUN_SOCKET_MODE",
+        default_value = "0660",
+        value_parser = parse_mode
+    )]
+    pub socket_mode: u32,
+
+    /// The job's command and its arguments.
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// A command with its arguments, as the post-start and its condition are given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookCommand {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+}
+
+/// Everything the supervisor needs, validated.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub job: String,
+    pub process: String,
+    pub paths: Paths,
+    pub command: Vec<OsString>,
+    pub post_start: Option<HookCommand>,
+    pub condition: Option<HookCommand>,
+    pub stop_timeout: Duration,
+    pub post_start_timeout: Duration,
+    pub condition_interval: Duration,
+    pub socket_mode: u32,
+    pub debug: bool,
+}
+
+impl RunArgs {
+    pub fn validate(self) -> Result<RunConfig, Fatal> {
+        let job = validate_name("job", &self.job_name)?;
+        let process = match &self.process_name {
+            Some(p) => validate_name("process", p)?,
+            None => job.clone(),
+        };
+        let paths = Paths::new(&absolute(&self.base_dir)?, &job, &process)?;
+        if self.post_start_name.is_none()
+            && (self.condition_name.is_some() || !self.post_start_args.is_empty())
+        {
+            return Err(Fatal::Usage(
+                "--post-start-arg and --post-start-condition-name need --post-start-name".into(),
+            ));
+        }
+        if self.condition_name.is_none() && !self.condition_args.is_empty() {
+            return Err(Fatal::Usage(
+                "--post-start-condition-arg needs --post-start-condition-name".into(),
+            ));
+        }
+        if self.condition_interval.is_zero() {
+            return Err(Fatal::Usage("--condition-interval must be above 0".into()));
+        }
+        Ok(RunConfig {
+            job,
+            process,
+            paths,
+            command: self.command,
+            post_start: self.post_start_name.map(|program| HookCommand {
+                program,
+                args: self.post_start_args,
+            }),
+            condition: self.condition_name.map(|program| HookCommand {
+                program,
+                args: self.condition_args,
+            }),
+            stop_timeout: self.stop_timeout,
+            post_start_timeout: self.post_start_timeout,
+            condition_interval: self.condition_interval,
+            socket_mode: self.socket_mode,
+            debug: self.debug,
+        })
+    }
+}
+
+/// JOB and PROCESS become path components under BASE, so they must be one
+/// plain component: anything else could place a file outside BASE.
+pub fn validate_name(what: &str, name: &str) -> Result<String, Fatal> {
+    let bad =
+        name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0');
+    if bad {
+        return Err(Fatal::Usage(format!(
+            "invalid {what} name {name:?}: it must be non-empty, not '.' or '..', without '/' or NUL"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// A relative base directory is taken from the working directory now, so that
+/// every path derived from it stays valid whatever the child does later.
+pub fn absolute(dir: &Path) -> Result<PathBuf, Fatal> {
+    std::path::absolute(dir)
+        .map_err(|e| Fatal::Usage(format!("invalid base directory {}: {e}", dir.display())))
+}
+
+/// Durations as operators write them: `500ms`, `20s`, `15m`, `1h`, `1m30s`;
+/// a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(format!(
+                "invalid duration {text:?} (use e.g. 500ms, 20s, 15m)"
+            ));
+        }
+        let value: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("duration {text:?} is too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            other => {
+                return Err(format!(
+                    "invalid unit {other:?} in duration {text:?} (use ms, s, m or h)"
+                ));
+            }
+        };
+        rest = &rest[unit_len..];
+        let part = u32::try_from(value)
+            .ok()
+            .and_then(|v| unit.checked_mul(v))
+            .ok_or_else(|| format!("duration {text:?} is too large"))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| format!("duration {text:?} is too large"))?;
+    }
+    Ok(total)
+}
+
+/// An octal file mode for the socket; the owner keeps read and write so that
+/// container-run can always be reached by the user it runs as.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("invalid mode {text:?} (octal, e.g. 0660)"))?;
+    if mode > 0o777 {
+        return Err(format!("invalid mode {text:?}: at most 0777"));
+    }
+    Ok(mode | 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "s", "5x", "-1s", "1.5s", "ms5", "5 s", "99999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn names() {
+        for good in ["nats", "a", "route_registrar", "...", "a.b", "with space"] {
+            assert_eq!(validate_name("job", good).unwrap(), good);
+        }
+        for bad in ["", ".", "..", "a/b", "/", "a\0b"] {
+            assert!(validate_name("job", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert_eq!(parse_mode("0o666"), Ok(0o666));
+        assert_eq!(parse_mode("0060"), Ok(0o660), "owner keeps read/write");
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("1777").is_err());
+    }
+
+    #[test]
+    fn flags_of_the_go_original_parse() {
+        let args = RunArgs::try_parse_from([
+            "container-run",
+            "--job-name",
+            "nats",
+            "--process-name",
+            "nats-server",
+            "--post-start-name",
+            "/var/vcap/jobs/nats/bin/post-start",
+            "--post-start-arg",
+            "-x",
+            "--post-start-arg",
+            "two",
+            "--post-start-condition-name",
+            "curl",
+            "--post-start-condition-arg",
+            "-f",
+            "--",
+            "/bin/nats",
+            "--config",
+            "c.yml",
+        ])
+        .unwrap();
+        let cfg = args.validate().unwrap();
+        assert_eq!(cfg.job, "nats");
+        assert_eq!(cfg.process, "nats-server");
+        assert_eq!(cfg.command, ["/bin/nats", "--config", "c.yml"]);
+        let ps = cfg.post_start.unwrap();
+        assert_eq!(ps.args, ["-x", "two"]);
+        assert_eq!(cfg.condition.unwrap().args, ["-f"]);
+        assert_eq!(cfg.stop_timeout, Duration::from_secs(20));
+        assert_eq!(cfg.post_start_timeout, Duration::from_secs(900));
+        assert_eq!(cfg.condition_interval, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn process_defaults_to_job() {
+        let cfg = RunArgs::try_parse_from(["cr", "--job-name", "j", "--base-dir", "/b", "true"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(cfg.process, "j");
+        assert_eq!(
+            cfg.paths.socket,
+            Path::new("/b/data/j/j_containerrun.sock").to_path_buf()
+        );
+    }
+}

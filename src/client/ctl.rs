@@ -1,0 +1,244 @@
+//! `container-run ctl`: control one container-run, or every one under a base
+//! directory, without netcat (SPEC section 6).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+use super::{Goal, Outcome, Target, all_targets, combined_exit, drive, parse_or_exit};
+use crate::error::Fatal;
+use crate::protocol::{ControlCommand, State, Status};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Verb {
+    /// START: start the job and wait until it runs (removes an operator's hold).
+    Start,
+    /// STOP: the operator's hold; stop the job and wait until nothing is left.
+    Stop,
+    /// TERM: stop without a hold, do not wait.
+    Term,
+    /// QUIT: SIGQUIT to the job's processes.
+    Quit,
+    /// Print the state (a table, or JSON lines with --json).
+    Status,
+    /// Stop without a hold and start again; wait until it runs.
+    Restart,
+}
+
+/// Where the container-runs are: by name, by socket, or all of them.
+#[derive(Debug, Args)]
+pub struct Selector {
+    /// The job [required unless --socket or --all].
+    #[arg(value_name = "JOB", required_unless_present_any = ["socket", "all"])]
+    pub job: Option<String>,
+
+    /// The process of the job [default: JOB].
+    #[arg(short = 'p', long = "process", value_name = "PROCESS")]
+    pub process: Option<String>,
+
+    /// Root of the sockets.
+    #[arg(
+        long = "base-dir",
+        value_name = "DIR",
+        env = "CONTAINER_RUN_BASE_DIR",
+        default_value = "/var/vcap"
+    )]
+    pub base_dir: PathBuf,
+
+    /// Talk to the container-run at this socket.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["job", "all"])]
+    pub socket: Option<PathBuf>,
+
+    /// Every `*_containerrun.sock` under BASE/data, all at once.
+    #[arg(long, conflicts_with_all = ["job", "process"])]
+    pub all: bool,
+}
+
+impl Selector {
+    pub fn targets(&self) -> Result<Vec<Target>, Fatal> {
+        if let Some(socket) = &self.socket {
+            return Ok(vec![Target::at_socket(socket)]);
+        }
+        if self.all {
+            return all_targets(&self.base_dir);
+        }
+        let job = self.job.as_deref().unwrap_or_default();
+        Ok(vec![Target::named(
+            &self.base_dir,
+            job,
+            self.process.as_deref(),
+        )?])
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "container-run ctl",
+    version = crate::VERSION,
+    about = "Control container-run through its socket",
+    after_help = "Exit codes: 0 done, 1 a wait timed out or a command failed, 2 usage, \
+                  3 no container-run answers at a socket."
+)]
+pub struct CtlArgs {
+    #[arg(value_enum)]
+    pub verb: Verb,
+
+    #[command(flatten)]
+    pub selector: Selector,
+
+    /// How long stop, start and restart wait for the state.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::cli::parse_duration)]
+    pub timeout: Duration,
+
+    /// Send the command and return once it is received.
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Print each container-run's status as a JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
+    let args = parse_or_exit(CtlArgs::try_parse_from(args))?;
+    let targets = args.selector.targets()?;
+    if targets.is_empty() {
+        eprintln!("container-run: no container-run socket found");
+        return Ok(super::NO_ANSWER);
+    }
+    let (commands, goal): (&[ControlCommand], Goal) = match args.verb {
+        Verb::Start => (&[ControlCommand::Start], Goal::Reach(State::Running)),
+        Verb::Stop => (&[ControlCommand::Stop], Goal::Reach(State::Stopped)),
+        Verb::Term => (&[ControlCommand::Term], Goal::Ack),
+        Verb::Quit => (&[ControlCommand::Quit], Goal::Ack),
+        Verb::Status => (&[ControlCommand::Status], Goal::Ack),
+        Verb::Restart => (
+            &[ControlCommand::Term, ControlCommand::Start],
+            Goal::Restarted,
+        ),
+    };
+    let goal = if args.no_wait { Goal::Ack } else { goal };
+    let outcomes = drive(&targets, commands, goal, args.timeout);
+    if args.verb == Verb::Status && !args.json {
+        print_table(&targets, &outcomes);
+    } else {
+        for (target, outcome) in targets.iter().zip(&outcomes) {
+            report(target, outcome, args.json, args.verb);
+        }
+    }
+    Ok(combined_exit(&outcomes))
+}
+
+fn report(target: &Target, outcome: &Outcome, json: bool, verb: Verb) {
+    match outcome {
+        Outcome::Done(status) if json => println!("{}", status.to_json()),
+        Outcome::Done(status) => {
+            if verb != Verb::Status {
+                println!("{}: {}", target.label, describe(status));
+            }
+        }
+        Outcome::TimedOut(last) => eprintln!(
+            "container-run: {}: timed out, still {}",
+            target.label,
+            last.as_ref().map_or("unknown", |s| s.state.as_str())
+        ),
+        Outcome::NoAnswer(why) | Outcome::Failed(why) => {
+            eprintln!("container-run: {}: {why}", target.label)
+        }
+    }
+}
+
+fn describe(s: &Status) -> String {
+    match s.pid {
+        Some(pid) => format!("{} (pid {pid})", s.state.as_str()),
+        None => s.state.as_str().to_string(),
+    }
+}
+
+fn print_table(targets: &[Target], outcomes: &[Outcome]) {
+    let mut rows = vec![
+        [
+            "JOB",
+            "PROCESS",
+            "STATE",
+            "PID",
+            "STARTS",
+            "UPTIME",
+            "POST-START",
+            "HOLD",
+        ]
+        .map(String::from),
+    ];
+    for (target, outcome) in targets.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Done(s) => rows.push([
+                s.job.clone(),
+                s.process.clone(),
+                s.state.as_str().into(),
+                s.pid.map_or("-".into(), |p| p.to_string()),
+                s.starts.to_string(),
+                s.uptime_ms.map_or("-".into(), format_uptime),
+                s.post_start.as_str().into(),
+                if s.hold { "yes" } else { "no" }.into(),
+            ]),
+            other => report(target, other, false, Verb::Status),
+        }
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+/// `45s`, `12m05s`, `3h07m`, `2d04h`.
+pub fn format_uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptimes() {
+        assert_eq!(format_uptime(999), "0s");
+        assert_eq!(format_uptime(45_000), "45s");
+        assert_eq!(format_uptime(725_000), "12m05s");
+        assert_eq!(format_uptime(3 * 3_600_000 + 7 * 60_000), "3h07m");
+        assert_eq!(format_uptime(52 * 3_600_000), "2d04h");
+    }
+
+    #[test]
+    fn selectors() {
+        let a =
+            CtlArgs::try_parse_from(["ctl", "stop", "nats", "-p", "gnatsd", "--base-dir", "/b"])
+                .unwrap();
+        assert_eq!(a.verb, Verb::Stop);
+        let t = a.selector.targets().unwrap();
+        assert_eq!(
+            t[0].socket,
+            PathBuf::from("/b/data/nats/gnatsd_containerrun.sock")
+        );
+        assert_eq!(t[0].label, "nats/gnatsd");
+        assert!(CtlArgs::try_parse_from(["ctl", "stop"]).is_err());
+        assert!(CtlArgs::try_parse_from(["ctl", "stop", "--all", "nats"]).is_err());
+        assert!(CtlArgs::try_parse_from(["ctl", "bogus", "nats"]).is_err());
+        let bad = CtlArgs::try_parse_from(["ctl", "stop", ".."]).unwrap();
+        assert_eq!(bad.selector.targets().unwrap_err().exit_code(), 2);
+    }
+}

@@ -1,0 +1,77 @@
+//! `container-run probe`: a liveness-probe wrapper that does not fight the
+//! operator (SPEC section 6). While an operator's STOP is in force the job
+//! is down on purpose, so the probe passes without running CHECK; otherwise
+//! CHECK decides.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Command;
+
+use clap::Parser;
+
+use super::{Outcome, Target, parse_or_exit, query};
+use crate::error::Fatal;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "container-run probe",
+    version = crate::VERSION,
+    about = "Liveness probe: pass while an operator's STOP is in force, else run CHECK",
+    after_help = "Exit codes: CHECK's status (128+signal if killed); 0 during an operator's \
+                  STOP; 1 when no container-run answers; 126/127 when CHECK cannot run."
+)]
+pub struct ProbeArgs {
+    /// The job.
+    #[arg(value_name = "JOB")]
+    pub job: String,
+    /// The process of the job [default: JOB].
+    #[arg(short = 'p', long = "process", value_name = "PROCESS")]
+    pub process: Option<String>,
+    /// Root of the sockets.
+    #[arg(
+        long = "base-dir",
+        value_name = "DIR",
+        env = "CONTAINER_RUN_BASE_DIR",
+        default_value = "/var/vcap"
+    )]
+    pub base_dir: PathBuf,
+    /// The liveness check and its arguments.
+    #[arg(value_name = "CHECK", required = true, last = true)]
+    pub check: Vec<OsString>,
+}
+
+pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
+    let args = parse_or_exit(ProbeArgs::try_parse_from(args))?;
+    let target = Target::named(&args.base_dir, &args.job, args.process.as_deref())?;
+    match query(&target) {
+        Outcome::Done(status) if status.hold => Ok(0),
+        Outcome::Done(_) => Ok(run_check(&args.check)),
+        Outcome::NoAnswer(why) | Outcome::Failed(why) => {
+            eprintln!("container-run probe: {}: {why}", target.label);
+            Ok(1)
+        }
+        Outcome::TimedOut(_) => {
+            eprintln!("container-run probe: {}: no answer", target.label);
+            Ok(1)
+        }
+    }
+}
+
+fn run_check(check: &[OsString]) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match Command::new(&check[0]).args(&check[1..]).status() {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => code as u8,
+            (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
+            _ => 1,
+        },
+        Err(e) => {
+            eprintln!("container-run probe: {}: {e}", check[0].to_string_lossy());
+            if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The errors that end container-run before or outside its event loop, and
+//! the one place where each becomes an exit code (SPEC section 7).
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Fatal {
+    /// Bad flags, names, durations or paths: nothing has been created.
+    #[error("{0}")]
+    Usage(String),
+    /// The environment refused something container-run needs (base
+    /// directory, socket in use, a system call at start-up).
+    #[error("{0}")]
+    Setup(String),
+    /// The job's command could not be executed: 126 or 127.
+    #[error("{message}")]
+    Exec { code: u8, message: String },
+}
+
+impl Fatal {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Fatal::Usage(_) => 2,
+            Fatal::Setup(_) => 1,
+            Fatal::Exec { code, .. } => *code,
+        }
+    }
+
+    pub fn setup(context: impl std::fmt::Display, err: impl std::fmt::Display) -> Fatal {
+        Fatal::Setup(format!("{context}: {err}"))
+    }
+}

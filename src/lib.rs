@@ -1,0 +1,19 @@
+//! container-run: the entrypoint of a container that runs one BOSH job.
+//! The modules follow SPEC.md: `cli` (section 1), `paths` and `state_files`
+//! (section 2), `protocol` and `socket` (section 3), `machine`, `supervisor`
+//! and `tree` (sections 4 and 5), `client` (section 6), `error` (section 7).
+
+pub mod cli;
+pub mod client;
+pub mod error;
+pub mod logger;
+pub mod machine;
+pub mod paths;
+pub mod protocol;
+pub mod socket;
+pub mod state_files;
+pub mod supervisor;
+pub mod tree;
+
+/// The version, with the commit it was built from when known (build.rs).
+pub const VERSION: &str = env!("CONTAINER_RUN_VERSION");

@@ -1,0 +1,90 @@
+//! Every file of SPEC section 2, derived from BASE, JOB and PROCESS in one
+//! place. JOB and PROCESS are validated single components, so every path
+//! here stays under BASE.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::Fatal;
+
+/// The kernel's `sun_path` is 108 bytes including the terminating NUL.
+pub const SOCKET_PATH_MAX: usize = 107;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub base: PathBuf,
+    /// `BASE/data/JOB`: socket, sentinel and STOP marker live here.
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    pub running: PathBuf,
+    pub stopped: PathBuf,
+    /// `BASE/sys/run/bpm/JOB`
+    pub pid_dir: PathBuf,
+    pub pidfile: PathBuf,
+    pub bpm: PathBuf,
+}
+
+impl Paths {
+    pub fn new(base: &Path, job: &str, process: &str) -> Result<Paths, Fatal> {
+        let data_dir = base.join("data").join(job);
+        let pid_dir = base.join("sys/run/bpm").join(job);
+        let paths = Paths {
+            base: base.to_path_buf(),
+            socket: data_dir.join(format!("{process}_containerrun.sock")),
+            running: data_dir.join(format!("{process}_containerrun.running")),
+            stopped: data_dir.join(format!("{process}_containerrun.stopped")),
+            pidfile: pid_dir.join(format!("{process}.pid")),
+            bpm: base.join("jobs/bpm/bin/bpm"),
+            data_dir,
+            pid_dir,
+        };
+        check_socket_len(&paths.socket)?;
+        Ok(paths)
+    }
+}
+
+pub fn check_socket_len(socket: &Path) -> Result<(), Fatal> {
+    let len = socket.as_os_str().len();
+    if len > SOCKET_PATH_MAX {
+        return Err(Fatal::Usage(format!(
+            "socket path {} is {len} bytes, over the kernel's limit of {SOCKET_PATH_MAX}: use a shorter --base-dir, job or process name",
+            socket.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_go_original() {
+        let p = Paths::new(Path::new("/var/vcap"), "nats", "nats-server").unwrap();
+        assert_eq!(
+            p.socket,
+            Path::new("/var/vcap/data/nats/nats-server_containerrun.sock")
+        );
+        assert_eq!(
+            p.running,
+            Path::new("/var/vcap/data/nats/nats-server_containerrun.running")
+        );
+        assert_eq!(
+            p.stopped,
+            Path::new("/var/vcap/data/nats/nats-server_containerrun.stopped")
+        );
+        assert_eq!(
+            p.pidfile,
+            Path::new("/var/vcap/sys/run/bpm/nats/nats-server.pid")
+        );
+        assert_eq!(p.bpm, Path::new("/var/vcap/jobs/bpm/bin/bpm"));
+    }
+
+    #[test]
+    fn socket_path_over_the_limit_is_a_usage_error() {
+        let long = "p".repeat(100);
+        let err = Paths::new(Path::new("/var/vcap"), "j", &long).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let exact = "p".repeat(SOCKET_PATH_MAX - "/b/data/j/_containerrun.sock".len());
+        assert!(Paths::new(Path::new("/b"), "j", &exact).is_ok());
+    }
+}

@@ -1,0 +1,226 @@
+//! The control protocol of SPEC section 3, both directions, pure: datagram
+//! bytes to a `ControlCommand`, and a `Status` to the one-line JSON reply.
+//! The client side parses replies with the same definitions.
+
+use serde_json::{Value, json};
+
+/// The largest datagram read whole; anything longer is ignored unread.
+pub const MAX_DATAGRAM: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlCommand {
+    Start,
+    Stop,
+    Term,
+    Quit,
+    Status,
+}
+
+impl ControlCommand {
+    /// One datagram is one command; surrounding ASCII whitespace (the newline
+    /// that `echo` adds) is trimmed, and the match is case-sensitive.
+    pub fn parse(datagram: &[u8]) -> Option<ControlCommand> {
+        match datagram.trim_ascii() {
+            b"START" => Some(ControlCommand::Start),
+            b"STOP" => Some(ControlCommand::Stop),
+            b"TERM" => Some(ControlCommand::Term),
+            b"QUIT" => Some(ControlCommand::Quit),
+            b"STATUS" => Some(ControlCommand::Status),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlCommand::Start => "START",
+            ControlCommand::Stop => "STOP",
+            ControlCommand::Term => "TERM",
+            ControlCommand::Quit => "QUIT",
+            ControlCommand::Status => "STATUS",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Stopping,
+    Stopped,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        match s {
+            "running" => Some(State::Running),
+            "stopping" => Some(State::Stopping),
+            "stopped" => Some(State::Stopped),
+            _ => None,
+        }
+    }
+}
+
+/// Where the post-start of the current (or last) start stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostStart {
+    /// No `--post-start-name` given.
+    None,
+    /// Waiting for the condition to pass.
+    Pending,
+    Running,
+    Done,
+    Failed,
+    /// The post-start command does not exist.
+    Skipped,
+    /// A stop ended it before it finished.
+    Cancelled,
+}
+
+impl PostStart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PostStart::None => "none",
+            PostStart::Pending => "pending",
+            PostStart::Running => "running",
+            PostStart::Done => "done",
+            PostStart::Failed => "failed",
+            PostStart::Skipped => "skipped",
+            PostStart::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What a reply says: the machine's view plus the names it runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub state: State,
+    pub pid: Option<i32>,
+    pub job: String,
+    pub process: String,
+    pub starts: u64,
+    pub hold: bool,
+    pub pending_start: bool,
+    pub post_start: PostStart,
+    pub uptime_ms: Option<u64>,
+    /// The last exit of the main process: its code, or 128 + signal.
+    pub last_exit: Option<u8>,
+}
+
+impl Status {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "state": self.state.as_str(),
+            "pid": self.pid,
+            "job": self.job,
+            "process": self.process,
+            "starts": self.starts,
+            "hold": self.hold,
+            "pending_start": self.pending_start,
+            "post_start": self.post_start.as_str(),
+            "uptime_ms": self.uptime_ms,
+            "last_exit": self.last_exit,
+        })
+    }
+
+    /// Read a reply line back (the client side); `None` if it is not one.
+    pub fn from_json(v: &Value) -> Option<Status> {
+        let post_start = match v["post_start"].as_str()? {
+            "none" => PostStart::None,
+            "pending" => PostStart::Pending,
+            "running" => PostStart::Running,
+            "done" => PostStart::Done,
+            "failed" => PostStart::Failed,
+            "skipped" => PostStart::Skipped,
+            "cancelled" => PostStart::Cancelled,
+            _ => return None,
+        };
+        Some(Status {
+            state: State::parse(v["state"].as_str()?)?,
+            pid: v["pid"].as_i64().and_then(|p| i32::try_from(p).ok()),
+            job: v["job"].as_str()?.to_string(),
+            process: v["process"].as_str()?.to_string(),
+            starts: v["starts"].as_u64()?,
+            hold: v["hold"].as_bool()?,
+            pending_start: v["pending_start"].as_bool()?,
+            post_start,
+            uptime_ms: v["uptime_ms"].as_u64(),
+            last_exit: v["last_exit"].as_u64().and_then(|c| u8::try_from(c).ok()),
+        })
+    }
+
+    pub fn to_line(&self) -> String {
+        let mut line = self.to_json().to_string();
+        line.push('\n');
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_trimmed_and_case_sensitive() {
+        let cases: &[(&[u8], Option<ControlCommand>)] = &[
+            (b"STOP", Some(ControlCommand::Stop)),
+            (b"STOP\n", Some(ControlCommand::Stop)),
+            (b" \t START \r\n", Some(ControlCommand::Start)),
+            (b"TERM", Some(ControlCommand::Term)),
+            (b"QUIT\n", Some(ControlCommand::Quit)),
+            (b"STATUS", Some(ControlCommand::Status)),
+            (b"stop", None),
+            (b"Stop", None),
+            (b"", None),
+            (b"\n", None),
+            (b"STOP STOP", None),
+            (b"STOP\0", None),
+            (b"\xffSTOP", None),
+            (b"STARTX", None),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(ControlCommand::parse(bytes), *want, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn reply_is_one_json_line_with_the_required_fields() {
+        let status = Status {
+            state: State::Running,
+            pid: Some(42),
+            job: "nats".into(),
+            process: "nats".into(),
+            starts: 3,
+            hold: false,
+            pending_start: false,
+            post_start: PostStart::Done,
+            uptime_ms: Some(1500),
+            last_exit: Some(0),
+        };
+        let line = status.to_line();
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(line.ends_with('\n'));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["state"], "running");
+        assert_eq!(v["pid"], 42);
+        assert_eq!(v["job"], "nats");
+        assert_eq!(v["starts"], 3);
+        assert_eq!(v["hold"], false);
+        assert_eq!(v["post_start"], "done");
+        assert_eq!(Status::from_json(&v), Some(status.clone()));
+        let stopped = Status {
+            state: State::Stopped,
+            pid: None,
+            ..status
+        };
+        let v: Value = serde_json::from_str(&stopped.to_line()).unwrap();
+        assert_eq!(v["state"], "stopped");
+        assert!(v["pid"].is_null());
+    }
+}
