@@ -123,12 +123,7 @@ pub struct RunArgs {
     pub socket_mode: u32,
 
     /// The job's command and its arguments.
-    #[arg(
-        value_name = "COMMAND",
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
 }
 

@@ -55,6 +55,14 @@ pub struct Supervisor {
 /// Set up everything fallible (signals, directories, socket) before the job
 /// is started: an error here leaves nothing running and nothing bound.
 pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
+    // A command that does not exist at all fails before anything is
+    // created; one that exists but cannot be executed fails at spawn (126).
+    if find_program(&cfg.command[0]).is_none() {
+        return Err(Fatal::Exec {
+            code: 127,
+            message: format!("{}: command not found", cfg.command[0].to_string_lossy()),
+        });
+    }
     let mut mask = SigSet::empty();
     for sig in HANDLED {
         mask.add(sig);
@@ -408,7 +416,7 @@ impl Supervisor {
     }
 }
 
-/// The post-start "exists as a path or on PATH".
+/// A command "exists as a path or on PATH" (the post-start, the job).
 fn find_program(program: &std::ffi::OsStr) -> Option<PathBuf> {
     let p = std::path::Path::new(program);
     if program.as_encoded_bytes().contains(&b'/') {

@@ -67,13 +67,22 @@ pub fn spawn(program: &OsString, args: &[OsString], output: Output) -> Result<Pi
 /// its signalfd; the child must not inherit that mask (a blocked SIGTERM
 /// would never stop the job), nor any disposition container-run inherited.
 fn reset_child_signals() -> io::Result<()> {
-    // SAFETY: plain system calls on this process's own signal state.
+    // The kernel's struct sigaction, all zero: SIG_DFL, no flags, empty
+    // mask. The raw system call also reaches the signals that the C
+    // library's signal() refuses to touch (32 and 33 in glibc).
+    let default_action = [0u64; 4];
+    // SAFETY: plain system calls on this process's own signal state; the
+    // kernel reads `default_action` and the empty set only.
     unsafe {
-        let rtmax = libc::SIGRTMAX();
-        for sig in 1..=rtmax {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                // Fails for the signals the C library reserves; harmless.
-                libc::signal(sig, libc::SIG_DFL);
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    default_action.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
             }
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();

@@ -1,0 +1,477 @@
+//! Shared fixtures of the end-to-end tests: a temporary base directory, a
+//! running container-run that is killed (by pid) when the test ends,
+//! bounded waits on conditions, datagram clients, and /proc readers.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long any condition may take on a loaded 2-core machine before the
+/// test fails; a deadline, not an expected duration.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(5);
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_container-run"))
+}
+
+/// The test child (examples/testchild.rs), built by `cargo test`.
+pub fn child() -> PathBuf {
+    let p = bin().parent().unwrap().join("examples/testchild");
+    assert!(
+        p.exists(),
+        "{} missing: run through cargo test",
+        p.display()
+    );
+    p
+}
+
+/// Poll `cond` every few milliseconds until it holds; panic with `what`
+/// after `DEADLINE`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Poll until `f` returns a value.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let mut out = None;
+    wait_until(what, || {
+        out = f();
+        out.is_some()
+    });
+    out.unwrap()
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A temporary directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(unique("crt"));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every file of SPEC section 2 for one job/process under a base.
+pub struct Files {
+    pub socket: PathBuf,
+    pub running: PathBuf,
+    pub stopped: PathBuf,
+    pub pidfile: PathBuf,
+}
+
+impl Files {
+    pub fn new(base: &Path, job: &str, process: &str) -> Files {
+        let data = base.join("data").join(job);
+        Files {
+            socket: data.join(format!("{process}_containerrun.sock")),
+            running: data.join(format!("{process}_containerrun.running")),
+            stopped: data.join(format!("{process}_containerrun.stopped")),
+            pidfile: base.join(format!("sys/run/bpm/{job}/{process}.pid")),
+        }
+    }
+}
+
+/// A container-run under test. Dropping it SIGKILLs it and every pid the
+/// test registered, and reaps it.
+pub struct Run {
+    pub child: Child,
+    pub files: Files,
+    pub base: PathBuf,
+    pub stderr: PathBuf,
+    extra_pids: Vec<i32>,
+    exited: Option<ExitStatus>,
+}
+
+pub struct Builder {
+    cmd: Command,
+    base: PathBuf,
+    job: String,
+    process: String,
+    stderr: PathBuf,
+}
+
+impl Builder {
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Builder {
+        self.cmd.arg(a);
+        self
+    }
+    pub fn args<I, S>(mut self, args: I) -> Builder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+    pub fn process_name(mut self, p: &str) -> Builder {
+        self.cmd.args(["--process-name", p]);
+        self.process = p.to_string();
+        self
+    }
+    pub fn command(&mut self) -> &mut Command {
+        &mut self.cmd
+    }
+    /// Start it; the job's command follows `--`.
+    pub fn spawn<I, S>(mut self, job_command: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.cmd.arg("--").args(job_command);
+        let child = self.cmd.spawn().expect("spawn container-run");
+        Run {
+            child,
+            files: Files::new(&self.base, &self.job, &self.process),
+            base: self.base,
+            stderr: self.stderr,
+            extra_pids: Vec::new(),
+            exited: None,
+        }
+    }
+}
+
+impl Run {
+    /// container-run with `--base-dir BASE --job-name JOB --stop-timeout 20s`.
+    pub fn builder(base: &Path, job: &str) -> Builder {
+        let stderr = base.join(format!("{}.stderr", unique("log")));
+        let mut cmd = Command::new(bin());
+        cmd.arg("--base-dir")
+            .arg(base)
+            .args(["--job-name", job, "--debug"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .env_remove("CONTAINER_RUN_BASE_DIR");
+        Builder {
+            cmd,
+            base: base.to_path_buf(),
+            job: job.to_string(),
+            process: job.to_string(),
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Kill this pid too when the test ends (grandchildren that escaped).
+    pub fn track(&mut self, pid: i32) {
+        self.extra_pids.push(pid);
+    }
+
+    pub fn wait_socket(&self) {
+        wait_until("control socket", || self.files.socket.exists());
+    }
+
+    /// Wait until the job runs (sentinel, pidfile) and return its pid.
+    pub fn wait_running(&self) -> i32 {
+        wait_for("job running (sentinel + pidfile)", || {
+            if !self.files.running.exists() {
+                return None;
+            }
+            std::fs::read_to_string(&self.files.pidfile)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    pub fn wait_stopped(&self) {
+        wait_until("job stopped (sentinel and pidfile gone)", || {
+            !self.files.running.exists() && !self.files.pidfile.exists()
+        });
+    }
+
+    pub fn status(&self) -> Value {
+        request(&self.files.socket, "STATUS")
+    }
+
+    /// Wait until container-run says `state` with no start pending (the
+    /// socket may not be bound yet).
+    pub fn wait_state(&self, state: &str) -> Value {
+        wait_for(&format!("state {state}"), || {
+            let s = try_request(&self.files.socket, "STATUS")?;
+            (s["state"] == state && s["pending_start"] == false).then_some(s)
+        })
+    }
+
+    /// stderr without the debug lines.
+    pub fn errors(&self) -> String {
+        self.stderr_text()
+            .lines()
+            .filter(|l| !l.starts_with("container-run: debug:"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().unwrap();
+        }
+        self.exited
+    }
+
+    /// Wait for container-run to exit; its code (or 128 + signal).
+    pub fn wait_exit(&mut self) -> i32 {
+        let status = wait_for("container-run exits", || self.try_exit());
+        exit_code(status)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        kill(self.pid(), sig);
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            kill(self.pid(), libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+        for &pid in &self.extra_pids {
+            kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: plain kill(2) on a pid this test started.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Send one datagram from an unbound socket: no reply possible.
+pub fn send(socket: &Path, text: &str) {
+    let s = UnixDatagram::unbound().unwrap();
+    s.send_to(text.as_bytes(), socket).unwrap();
+}
+
+/// A client socket bound to a fresh abstract address, connected to `socket`.
+pub fn client(socket: &Path) -> UnixDatagram {
+    let addr = SocketAddr::from_abstract_name(unique("crt-client").as_bytes()).unwrap();
+    let s = UnixDatagram::bind_addr(&addr).unwrap();
+    s.connect(socket).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+pub fn recv_json(s: &UnixDatagram) -> Value {
+    let mut buf = [0u8; 4096];
+    let n = s.recv(&mut buf).expect("a reply within the deadline");
+    let text = std::str::from_utf8(&buf[..n]).unwrap();
+    assert!(
+        text.ends_with('\n') && text.matches('\n').count() == 1,
+        "{text:?}"
+    );
+    serde_json::from_str(text).unwrap()
+}
+
+/// Like `request`, but `None` while nothing is bound at `socket`.
+pub fn try_request(socket: &Path, text: &str) -> Option<Value> {
+    let addr = SocketAddr::from_abstract_name(unique("crt-client").as_bytes()).unwrap();
+    let s = UnixDatagram::bind_addr(&addr).unwrap();
+    s.connect(socket).ok()?;
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.send(text.as_bytes()).ok()?;
+    Some(recv_json(&s))
+}
+
+/// Send a command from a bound socket and return the reply.
+pub fn request(socket: &Path, text: &str) -> Value {
+    let s = client(socket);
+    s.send(text.as_bytes()).unwrap();
+    recv_json(&s)
+}
+
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+pub fn wait_pid_file(path: &Path) -> i32 {
+    wait_for(&format!("pid in {}", path.display()), || read_pid(path))
+}
+
+/// The state letter of /proc/PID/stat, None once the process is gone.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim().chars().next()
+}
+
+/// Alive and not a zombie.
+pub fn alive(pid: i32) -> bool {
+    matches!(proc_state(pid), Some(c) if c != 'Z')
+}
+
+pub fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Every process whose parent chain leads to `root`.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let all: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, ppid(pid)?)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for &(pid, parent) in &all {
+            if parent == p && !out.contains(&pid) {
+                out.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// The test child recording every signal it gets, as a job command; wait
+/// on `Recorder::ready` before signalling it (signals sent before it has
+/// set up would act with their default action).
+pub struct Recorder {
+    pub command: Vec<std::ffi::OsString>,
+    pub record: PathBuf,
+    pub ready: PathBuf,
+}
+
+impl Recorder {
+    pub fn new(dir: &TempDir, extra: &[&str]) -> Recorder {
+        let record = dir.file(&unique("record"));
+        let ready = dir.file(&unique("ready"));
+        let mut command = vec![child().into_os_string()];
+        command.extend(extra.iter().map(Into::into));
+        command.extend([
+            "--record".into(),
+            record.clone().into_os_string(),
+            "--ready".into(),
+            ready.clone().into_os_string(),
+        ]);
+        Recorder {
+            command,
+            record,
+            ready,
+        }
+    }
+
+    /// Wait until the child has set up; its pid.
+    pub fn wait_ready(&self) -> i32 {
+        wait_pid_file(&self.ready)
+    }
+
+    pub fn signals(&self) -> Vec<String> {
+        lines(&self.record)
+    }
+}
+
+/// Lines of a file written by the test child (`--record`, `--status`).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// One `key value` field of the test child's `--status` report.
+pub fn report_field(path: &Path, key: &str) -> String {
+    lines(path)
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")).map(str::to_string))
+        .unwrap_or_else(|| panic!("{key} missing in {}", path.display()))
+}
+
+/// Run container-run (or a client mode) to completion with a deadline;
+/// returns (exit code, stdout, stderr).
+pub fn run_to_end(args: &[&OsStr]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env_remove("CONTAINER_RUN_BASE_DIR");
+    output_with_deadline(cmd)
+}
+
+pub fn output_with_deadline(mut cmd: Command) -> (i32, String, String) {
+    let out_path = std::env::temp_dir().join(unique("crt-out"));
+    let err_path = std::env::temp_dir().join(unique("crt-err"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut status = None;
+    let end = Instant::now() + DEADLINE;
+    while status.is_none() {
+        status = child.try_wait().unwrap();
+        if status.is_none() && Instant::now() > end {
+            kill(pid, libc::SIGKILL);
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(POLL);
+    }
+    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    (exit_code(status.unwrap()), out, err)
+}
+
+pub fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
