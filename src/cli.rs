@@ -34,6 +34,7 @@ Exit codes:
     name = "container-run",
     version = crate::VERSION,
     about = "Run one BOSH job process as a container's entrypoint, with a control socket to stop and start it",
+    override_usage = "container-run [OPTIONS] --job-name JOB [--process-name PROCESS] [--] COMMAND [ARG...]",
     after_help = AFTER_HELP
 )]
 pub struct RunArgs {

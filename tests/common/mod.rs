@@ -454,22 +454,21 @@ pub fn output_with_deadline(mut cmd: Command) -> (i32, String, String) {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
-    let mut status = None;
     let end = Instant::now() + DEADLINE;
-    while status.is_none() {
-        status = child.try_wait().unwrap();
-        if status.is_none() && Instant::now() > end {
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > end {
             kill(pid, libc::SIGKILL);
             let _ = child.wait();
             panic!("{cmd:?} did not finish within {DEADLINE:?}");
         }
         std::thread::sleep(POLL);
     }
+    let status = child.wait().unwrap();
     let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     let _ = std::fs::remove_file(&out_path);
     let _ = std::fs::remove_file(&err_path);
-    (exit_code(status.unwrap()), out, err)
+    (exit_code(status), out, err)
 }
 
 pub fn os(s: &str) -> &OsStr {
