@@ -9,8 +9,11 @@
 //!                          ignores SIGTERM and sleeps; its pid goes to FILE
 //!   --orphans N            double-fork N grandchildren that exit at once
 //!   --children N FILE      fork N children in our group; pids go to FILE
-//!   --stamp FILE           append `start NS` now and `term NS` on SIGTERM
-//!                          (CLOCK_MONOTONIC nanoseconds)
+//!   --notify SOCK          send the datagrams `start NS PID` now and
+//!                          `term NS PID` on SIGTERM to the unix socket SOCK
+//!                          (NS: CLOCK_MONOTONIC nanoseconds); also taken
+//!                          from the environment as TESTCHILD_NOTIFY, for
+//!                          supervisors whose run files take no arguments
 //!   --record FILE          append the name of every signal received
 //!   --ready FILE           write our pid once set up
 //!   --exit N               exit with N instead of waiting
@@ -32,6 +35,13 @@ const WATCHED: [Signal; 7] = [
     Signal::SIGUSR2,
     Signal::SIGWINCH,
 ];
+
+fn notify(socket: &str, event: &str) {
+    let line = format!("{event} {} {}", monotonic_ns(), std::process::id());
+    if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = s.send_to(line.as_bytes(), socket);
+    }
+}
 
 fn append(path: &str, line: &str) {
     let mut f = OpenOptions::new()
@@ -145,10 +155,7 @@ fn main() {
         }
         write_atomic(&file, &pids.join("\n"));
     }
-    let stamp = opt("--stamp");
-    if let Some(path) = &stamp {
-        append(path, &format!("start {}", monotonic_ns()));
-    }
+    let stamp = opt("--notify").or_else(|| std::env::var("TESTCHILD_NOTIFY").ok());
     let record = opt("--record");
     let mut watched = SigSet::empty();
     if record.is_some() || stamp.is_some() {
@@ -158,6 +165,10 @@ fn main() {
             }
         }
         watched.thread_block().expect("block");
+    }
+    // Only now, with SIGTERM blocked for sigwait, can a stop be recorded.
+    if let Some(socket) = &stamp {
+        notify(socket, "start");
     }
     if let Some(path) = opt("--ready") {
         write_atomic(&path, &getpid().to_string());
@@ -175,9 +186,9 @@ fn main() {
     loop {
         let sig = watched.wait().expect("sigwait");
         if sig == Signal::SIGTERM
-            && let Some(path) = &stamp
+            && let Some(socket) = &stamp
         {
-            append(path, &format!("term {}", monotonic_ns()));
+            notify(socket, "term");
         }
         if let Some(path) = &record {
             append(path, sig.as_str());

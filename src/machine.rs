@@ -69,8 +69,6 @@ pub enum Scope {
     Main,
     /// The groups of the main process and of a running hook.
     Job,
-    /// The job's groups and every other descendant of container-run.
-    Tree,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +76,10 @@ pub enum Action {
     SpawnMain,
     SpawnHook(HookKind),
     Signal(Scope, Signal),
+    /// The start of a stop: SIGTERM, then SIGCONT (so that a process stopped
+    /// with SIGSTOP acts on the pending SIGTERM), to the job's groups and to
+    /// every other descendant of container-run.
+    Terminate,
     /// SIGKILL to every process left of the tree.
     KillTree,
     WriteRunFiles(Pid),
@@ -227,9 +229,11 @@ impl Machine {
     fn command(&mut self, now: Instant, cmd: ControlCommand, acts: &mut Vec<Action>) {
         match cmd {
             ControlCommand::Stop => {
+                // Signals first: the marker's file system writes must not
+                // delay the stop.
+                self.stop_request(now, acts);
                 self.hold = true;
                 acts.push(Action::WriteHold);
-                self.stop_request(now, acts);
             }
             ControlCommand::Term => self.stop_request(now, acts),
             ControlCommand::Start => {
@@ -272,10 +276,7 @@ impl Machine {
         if matches!(self.post_start, PostStart::Pending | PostStart::Running) {
             self.post_start = PostStart::Cancelled;
         }
-        // SIGCONT after SIGTERM: a process stopped with SIGSTOP then acts on
-        // the SIGTERM that is already pending.
-        acts.push(Action::Signal(Scope::Tree, Signal::SIGTERM));
-        acts.push(Action::Signal(Scope::Tree, Signal::SIGCONT));
+        acts.push(Action::Terminate);
         self.stop_deadline = Some(now + self.cfg.stop_timeout);
     }
 
@@ -477,24 +478,15 @@ mod tests {
     }
 
     fn stop_signals() -> Vec<Action> {
-        vec![
-            Action::Signal(Scope::Tree, Signal::SIGTERM),
-            Action::Signal(Scope::Tree, Signal::SIGCONT),
-        ]
-    }
-
-    fn with(mut v: Vec<Action>, first: Action) -> Vec<Action> {
-        v.insert(0, first);
-        v
+        vec![Action::Terminate]
     }
 
     #[test]
     fn stop_then_tree_empty_reaches_stopped() {
         let (mut m, t) = running(10);
-        assert_eq!(
-            m.step(t, Event::Command(Stop)),
-            with(stop_signals(), Action::WriteHold)
-        );
+        let mut want = stop_signals();
+        want.push(Action::WriteHold);
+        assert_eq!(m.step(t, Event::Command(Stop)), want);
         assert_eq!(m.state(), State::Stopping);
         assert!(m.hold());
         assert_eq!(

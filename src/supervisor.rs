@@ -80,6 +80,7 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
         log::debug!("child subreaper: orphans of the job are re-parented here");
     }
 
+    tree::record_inherited_dispositions();
     let paths = &cfg.paths;
     state_files::prepare_dirs(paths).map_err(|e| {
         Fatal::setup(
@@ -220,13 +221,15 @@ impl Supervisor {
             let Some(command) = command else {
                 continue;
             };
-            // Probes send STATUS every few seconds: keep them out of the log.
+            let exit = self.feed(Event::Command(command));
+            // Logged after the command took effect, so that the write does
+            // not delay a stop. Probes send STATUS every few seconds: keep
+            // those out of the log.
             if command == ControlCommand::Status {
                 log::debug!("received STATUS");
             } else {
                 log::info!("received {}", command.as_str());
             }
-            let exit = self.feed(Event::Command(command));
             self.socket.reply(&sender, &self.status().to_line());
             let asks_for_change = matches!(
                 command,
@@ -301,14 +304,13 @@ impl Supervisor {
                 Action::SpawnMain => Some(self.spawn_main()),
                 Action::SpawnHook(kind) => Some(self.spawn_hook(kind)),
                 Action::Signal(scope, sig) => {
-                    let groups = self.groups(scope);
-                    if scope == Scope::Tree {
-                        tree::signal_tree(&groups, sig);
-                    } else {
-                        for g in groups {
-                            tree::signal_group(g, sig);
-                        }
+                    for g in self.groups(scope) {
+                        tree::signal_group(g, sig);
                     }
+                    None
+                }
+                Action::Terminate => {
+                    tree::terminate(&self.groups(Scope::Job));
                     None
                 }
                 Action::KillTree => {
@@ -353,7 +355,7 @@ impl Supervisor {
         let hook = self.machine.hook_group();
         match scope {
             Scope::Main => main.into_iter().collect(),
-            Scope::Job | Scope::Tree => main.into_iter().chain(hook).collect(),
+            Scope::Job => main.into_iter().chain(hook).collect(),
         }
     }
 

@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -63,28 +64,69 @@ pub fn spawn(program: &OsString, args: &[OsString], output: Output) -> Result<Pi
     }
 }
 
+/// The signals whose disposition container-run inherited as something other
+/// than SIG_DFL (ignored, mostly; SIGPIPE by the Rust runtime). container-run
+/// installs no handler of its own, so these are all a child has to reset.
+static INHERITED: OnceLock<Vec<libc::c_int>> = OnceLock::new();
+
+/// The kernel's `struct sigaction`, all zero: SIG_DFL, no flags, empty mask.
+/// The raw system call also reaches the signals that the C library refuses
+/// to touch (32 and 33 in glibc).
+type KernelSigaction = [u64; 4];
+
+fn raw_sigaction(
+    sig: libc::c_int,
+    new: Option<&KernelSigaction>,
+    old: Option<&mut KernelSigaction>,
+) {
+    // SAFETY: rt_sigaction reads `new` and writes `old`, both of the size
+    // the kernel expects for an 8-byte signal set, or takes null.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            new.map_or(std::ptr::null(), |n| n.as_ptr()),
+            old.map_or(std::ptr::null_mut(), |o| o.as_mut_ptr()),
+            8usize,
+        );
+    }
+}
+
+/// Read container-run's dispositions once, before the first spawn.
+pub fn record_inherited_dispositions() {
+    INHERITED.get_or_init(|| {
+        (1..=libc::SIGRTMAX())
+            .filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
+            .filter(|&sig| {
+                let mut old: KernelSigaction = [0; 4];
+                raw_sigaction(sig, None, Some(&mut old));
+                old[0] != 0
+            })
+            .collect()
+    });
+}
+
 /// Between fork and exec. container-run blocks the signals it reads through
 /// its signalfd; the child must not inherit that mask (a blocked SIGTERM
 /// would never stop the job), nor any disposition container-run inherited.
 fn reset_child_signals() -> io::Result<()> {
-    // The kernel's struct sigaction, all zero: SIG_DFL, no flags, empty
-    // mask. The raw system call also reaches the signals that the C
-    // library's signal() refuses to touch (32 and 33 in glibc).
-    let default_action = [0u64; 4];
-    // SAFETY: plain system calls on this process's own signal state; the
-    // kernel reads `default_action` and the empty set only.
-    unsafe {
-        for sig in 1..=libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    default_action.as_ptr(),
-                    std::ptr::null_mut::<u64>(),
-                    8usize,
-                );
+    let default_action: KernelSigaction = [0; 4];
+    match INHERITED.get() {
+        Some(signals) => {
+            for &sig in signals {
+                raw_sigaction(sig, Some(&default_action), None);
             }
         }
+        None => {
+            for sig in 1..=libc::SIGRTMAX() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    raw_sigaction(sig, Some(&default_action), None);
+                }
+            }
+        }
+    }
+    // SAFETY: plain system calls on this process's own signal state.
+    unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
@@ -136,21 +178,47 @@ pub fn parse_stat(stat: &str) -> Option<ProcEntry> {
     Some(ProcEntry { pid, ppid, pgrp })
 }
 
+fn read_entry(pid: &str) -> Option<ProcEntry> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Every process of the system (the fallback when the kernel has no
+/// `/proc/PID/task/TID/children`).
 fn read_proc() -> Vec<ProcEntry> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|entry| {
-        let entry = entry.ok()?;
-        let name = entry.file_name();
+        let name = entry.ok()?.file_name();
         let name = name.to_str()?;
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{name}/stat")).ok()?;
-        parse_stat(&stat)
+        name.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| read_entry(name))?
     })
     .collect()
+}
+
+/// The children of `pid`, from the `children` file of each of its threads;
+/// `None` when the kernel does not provide them.
+fn children_of(pid: Pid) -> Option<Vec<Pid>> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut kids = Vec::new();
+    for task in tasks.flatten() {
+        let file = task.path().join("children");
+        match std::fs::read_to_string(&file) {
+            Ok(text) => kids.extend(
+                text.split_ascii_whitespace()
+                    .filter_map(|p| p.parse::<Pid>().ok()),
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && pid == own_pid() => return None,
+            Err(_) => {}
+        }
+    }
+    Some(kids)
+}
+
+fn own_pid() -> Pid {
+    std::process::id() as Pid
 }
 
 /// Every descendant of `root` in `procs`, at any depth (pure, for tests).
@@ -170,28 +238,76 @@ pub fn descendants_in(procs: &[ProcEntry], root: Pid) -> Vec<ProcEntry> {
 
 /// The live descendants of container-run. Orphans of the job are re-parented
 /// to container-run (a subreaper or PID 1), so this finds whatever escaped
-/// the job's process group with setsid or a double fork.
+/// the job's process group with setsid or a double fork. Walks the tree
+/// through the `children` files, so the cost follows the size of the job's
+/// tree, not of the system.
 pub fn descendants() -> Vec<ProcEntry> {
-    descendants_in(&read_proc(), std::process::id() as Pid)
+    let root = own_pid();
+    let Some(first) = children_of(root) else {
+        return descendants_in(&read_proc(), root);
+    };
+    let mut found: Vec<ProcEntry> = Vec::new();
+    let mut frontier = first;
+    while let Some(pid) = frontier.pop() {
+        if found.iter().any(|f| f.pid == pid) {
+            continue;
+        }
+        if let Some(entry) = read_entry(&pid.to_string()) {
+            found.push(entry);
+            frontier.extend(children_of(pid).unwrap_or_default());
+        }
+    }
+    found
 }
 
-/// Send `sig` to the groups, then to every descendant outside them.
-pub fn signal_tree(groups: &[Pid], sig: Signal) {
+/// Send `signals` in order to the groups, then to every descendant outside
+/// them. The groups come first: they are known without reading /proc.
+fn signal_tree(groups: &[Pid], signals: &[Signal]) {
     for &g in groups {
-        signal_group(g, sig);
+        for &sig in signals {
+            signal_group(g, sig);
+        }
     }
     for p in descendants() {
         if !groups.contains(&p.pgrp) {
-            signal_pid(p.pid, sig);
+            for &sig in signals {
+                signal_pid(p.pid, sig);
+            }
         }
     }
+}
+
+/// The start of a stop: SIGTERM, then SIGCONT so that a process stopped
+/// with SIGSTOP acts on it, to the groups and to everything that escaped.
+pub fn terminate(groups: &[Pid]) {
+    signal_tree(groups, &[Signal::SIGTERM, Signal::SIGCONT]);
 }
 
 /// SIGKILL to every descendant. Called again after each reap while a stop
 /// is past its timeout, so that processes forked or re-parented during a
 /// sweep are caught by the next one.
 pub fn kill_tree(groups: &[Pid]) {
-    signal_tree(groups, Signal::SIGKILL);
+    for &g in groups {
+        signal_group(g, Signal::SIGKILL);
+    }
+    // A process may fork between the walk and its SIGKILL; sweep again
+    // until a walk finds nothing new (bounded: SIGKILLed processes cannot
+    // fork, so each sweep can only find what the previous one raced with).
+    let mut killed: Vec<Pid> = Vec::new();
+    for _ in 0..8 {
+        let fresh: Vec<Pid> = descendants()
+            .into_iter()
+            .map(|p| p.pid)
+            .filter(|pid| !killed.contains(pid))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for &pid in &fresh {
+            signal_pid(pid, Signal::SIGKILL);
+        }
+        killed.extend(fresh);
+    }
 }
 
 /// One exited child: its pid and its status as an exit code (128 + signal
