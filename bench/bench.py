@@ -28,6 +28,7 @@ import xmlrpc.client
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CR = os.path.join(ROOT, "target/release/container-run")
 CHILD = os.path.join(ROOT, "target/release/examples/testchild")
+CHILD_REAL = os.path.realpath(CHILD)
 UNSHARE = ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child"]
 DEADLINE = 30.0  # seconds any single wait may take before it counts as lost
 
@@ -72,8 +73,11 @@ def descendants(pid):
     return out
 
 
-def comm(pid):
-    return read(f"/proc/{pid}/comm").strip()
+def exe(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
 
 
 class Notify:
@@ -138,7 +142,8 @@ class Tool:
         self.child = started[1]
 
     def child_count(self):
-        return sum(1 for p in descendants(self.pid) if comm(p) == "testchild")
+        # By executable: runit and s6 run it through a link named `run`.
+        return sum(1 for p in descendants(self.pid) if exe(p) == CHILD_REAL)
 
     def close(self):
         if self.proc.poll() is None:
@@ -471,6 +476,7 @@ def burst_round(t, n, end_with, results):
     last = "d" if end_with == "stop" else "u"
     first = "u" if last == "d" else "d"
     letters = [first if i % 2 == 0 else last for i in range(n)]
+    t.notify.drain()
     if isinstance(t, ContainerRun):
         for letter in letters:
             (t.stop if letter == "d" else t.start)()

@@ -38,7 +38,11 @@ const WATCHED: [Signal; 7] = [
 
 fn notify(socket: &str, event: &str) {
     let line = format!("{event} {} {}", monotonic_ns(), std::process::id());
-    if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
+    // Never block: a listener that stopped reading must not keep this
+    // process from acting on the signal it is reporting.
+    if let Ok(s) = std::os::unix::net::UnixDatagram::unbound()
+        && s.set_nonblocking(true).is_ok()
+    {
         let _ = s.send_to(line.as_bytes(), socket);
     }
 }
