@@ -8,6 +8,8 @@
 //!   --grandchild FILE      double-fork a grandchild that calls setsid,
 //!                          ignores SIGTERM and sleeps; its pid goes to FILE
 //!   --orphans N            double-fork N grandchildren that exit at once
+//!   --detach N FILE        double-fork N grandchildren that sleep (default
+//!                          SIGTERM); their pids go to FILE, one a line
 //!   --children N FILE      fork N children in our group; pids go to FILE
 //!   --notify SOCK          send the datagrams `start NS PID` now and
 //!                          `term NS PID` on SIGTERM to the unix socket SOCK
@@ -144,6 +146,17 @@ fn main() {
     if let Some(n) = opt("--orphans") {
         for _ in 0..n.parse::<u32>().expect("--orphans N") {
             double_fork(|| {});
+        }
+    }
+    if let Some(n) = opt("--detach") {
+        let i = args.iter().position(|a| a == "--detach").unwrap();
+        let file = args.get(i + 2).cloned().expect("--detach N FILE");
+        for _ in 0..n.parse::<u32>().expect("--detach N") {
+            let file = file.clone();
+            double_fork(move || {
+                append(&file, &getpid().to_string());
+                sleep_forever();
+            });
         }
     }
     if let Some(n) = opt("--children") {

@@ -123,6 +123,15 @@ pub struct RunArgs {
     )]
     pub socket_mode: u32,
 
+    /// Group of the control socket (name or number), so that operators in
+    /// that group can control the job [default: container-run's group].
+    #[arg(
+        long = "socket-group",
+        value_name = "GROUP",
+        env = "CONTAINER_RUN_SOCKET_GROUP"
+    )]
+    pub socket_group: Option<String>,
+
     /// The job's command and its arguments.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
@@ -148,6 +157,7 @@ pub struct RunConfig {
     pub post_start_timeout: Duration,
     pub condition_interval: Duration,
     pub socket_mode: u32,
+    pub socket_group: Option<u32>,
     pub debug: bool,
 }
 
@@ -191,6 +201,11 @@ impl RunArgs {
             post_start_timeout: self.post_start_timeout,
             condition_interval: self.condition_interval,
             socket_mode: self.socket_mode,
+            socket_group: self
+                .socket_group
+                .as_deref()
+                .map(resolve_group)
+                .transpose()?,
             debug: self.debug,
         })
     }
@@ -263,6 +278,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A group number, or a name looked up in /etc/group. Read directly rather
+/// than through the C library's name service, so that a static binary needs
+/// no NSS modules in the job's image.
+pub fn resolve_group(group: &str) -> Result<u32, Fatal> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    find_group(&groups, group)
+        .ok_or_else(|| Fatal::Usage(format!("unknown group {group:?} (not in /etc/group)")))
+}
+
+fn find_group(etc_group: &str, name: &str) -> Option<u32> {
+    etc_group.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
 /// An octal file mode for the socket; the owner keeps read and write so that
 /// container-run can always be reached by the user it runs as.
 pub fn parse_mode(text: &str) -> Result<u32, String> {
@@ -300,6 +335,20 @@ mod tests {
         for bad in ["", ".", "..", "a/b", "/", "a\0b"] {
             assert!(validate_name("job", bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn groups() {
+        let etc = "root:x:0:\nvcap:x:1000:alice,bob\nbroken\nodd:x:notanumber:\n";
+        assert_eq!(find_group(etc, "vcap"), Some(1000));
+        assert_eq!(find_group(etc, "root"), Some(0));
+        assert_eq!(find_group(etc, "odd"), None);
+        assert_eq!(find_group(etc, "missing"), None);
+        assert_eq!(resolve_group("4242").unwrap(), 4242);
+        assert_eq!(
+            resolve_group("no-such-group-here").unwrap_err().exit_code(),
+            2
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ impl ControlCommand {
     /// One datagram is one command; surrounding ASCII whitespace (the newline
     /// that `echo` adds) is trimmed, and the match is case-sensitive.
     pub fn parse(datagram: &[u8]) -> Option<ControlCommand> {
-        match datagram.trim_ascii() {
+        match trim_space(datagram) {
             b"START" => Some(ControlCommand::Start),
             b"STOP" => Some(ControlCommand::Stop),
             b"TERM" => Some(ControlCommand::Term),
@@ -39,6 +39,17 @@ impl ControlCommand {
             ControlCommand::Status => "STATUS",
         }
     }
+}
+
+/// ASCII whitespace as C's isspace() sees it: space, \t, \n, \v, \f, \r.
+fn trim_space(bytes: &[u8]) -> &[u8] {
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    let start = bytes.iter().position(|b| !space(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !space(b))
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +183,7 @@ mod tests {
             (b"STOP", Some(ControlCommand::Stop)),
             (b"STOP\n", Some(ControlCommand::Stop)),
             (b" \t START \r\n", Some(ControlCommand::Start)),
+            (b"\x0bTERM\x0c", Some(ControlCommand::Term)),
             (b"TERM", Some(ControlCommand::Term)),
             (b"QUIT\n", Some(ControlCommand::Quit)),
             (b"STATUS", Some(ControlCommand::Status)),

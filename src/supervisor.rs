@@ -88,7 +88,7 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
             e,
         )
     })?;
-    let socket = ControlSocket::bind(&paths.socket, cfg.socket_mode)?;
+    let socket = ControlSocket::bind(&paths.socket, cfg.socket_mode, cfg.socket_group)?;
     // Left by a container-run that was killed: nothing runs now.
     if let Err(e) = state_files::remove_run_files(paths) {
         return Err(Fatal::setup("cannot remove stale run files", e));
@@ -128,19 +128,29 @@ impl Supervisor {
                 .machine
                 .next_deadline()
                 .map(|d| TimeSpec::from_duration(d.saturating_duration_since(Instant::now())));
-            let (signals_ready, socket_ready) = {
-                let mut fds = [
+            let (signals_ready, socket_ready, watch_ready) = {
+                let mut fds = vec![
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
                 ];
+                if let Some(watch) = self.socket.watch_fd() {
+                    fds.push(PollFd::new(watch, PollFlags::POLLIN));
+                }
                 match ppoll(&mut fds, timeout, None) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => continue,
                     Err(e) => log::warn!("ppoll: {e}"),
                 }
-                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
+                let ready = |i: usize| {
+                    fds.get(i)
+                        .and_then(PollFd::revents)
+                        .is_some_and(|r| !r.is_empty())
+                };
+                (ready(0), ready(1), ready(2))
             };
+            if watch_ready {
+                self.socket.on_watch_event();
+            }
             if signals_ready && let Some(code) = self.handle_signals() {
                 return self.exit(code);
             }

@@ -127,7 +127,9 @@ fn failing_post_start_stops_the_job_and_exits_non_zero() {
         .arg("--post-start-name")
         .arg(&ps)
         .spawn(&rec.command);
-    let pid = run.wait_running();
+    // The post-start fails as soon as the job is ready: the job's files may
+    // already be gone again, so the ready file names its pid.
+    let pid = rec.wait_ready();
     assert_eq!(run.wait_exit(), 1);
     assert_eq!(rec.signals(), ["SIGTERM"]);
     assert!(!alive(pid));
@@ -145,12 +147,13 @@ fn post_start_timeout_kills_it_and_exits_non_zero() {
         "post-start",
         &format!("echo $$ > {}; exec sleep 1000", ps_pid.display()),
     );
+    let rec = Recorder::new(&t, &[]);
     let mut run = Run::builder(t.path(), "job")
         .arg("--post-start-name")
         .arg(&ps)
         .args(["--post-start-timeout", "300ms"])
-        .spawn([child()]);
-    let pid = run.wait_running();
+        .spawn(&rec.command);
+    let pid = rec.wait_ready();
     let hook = wait_pid_file(&ps_pid);
     run.track(hook);
     assert_eq!(run.wait_exit(), 1);

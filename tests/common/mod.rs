@@ -168,7 +168,7 @@ impl Builder {
 impl Run {
     /// container-run with `--base-dir BASE --job-name JOB --stop-timeout 20s`.
     pub fn builder(base: &Path, job: &str) -> Builder {
-        let stderr = base.join(format!("{}.stderr", unique("log")));
+        let stderr = std::env::temp_dir().join(format!("{}.stderr", unique("crt-log")));
         let mut cmd = Command::new(bin());
         cmd.arg("--base-dir")
             .arg(base)
@@ -272,6 +272,7 @@ impl Drop for Run {
         for &pid in &self.extra_pids {
             kill(pid, libc::SIGKILL);
         }
+        let _ = std::fs::remove_file(&self.stderr);
     }
 }
 

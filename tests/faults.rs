@@ -1,0 +1,186 @@
+//! End to end: faults that try to make container-run lose a process, leave
+//! one behind, or lose its controls.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn sigstopped_child_that_ignores_sigterm_dies_at_the_stop_timeout() {
+    let t = TempDir::new();
+    let rec = Recorder::new(&t, &["--ignore-term"]);
+    let run = Run::builder(t.path(), "job")
+        .args(["--stop-timeout", "300ms"])
+        .spawn(&rec.command);
+    let pid = run.wait_running();
+    assert_eq!(rec.wait_ready(), pid);
+    kill(pid, libc::SIGSTOP);
+    wait_until("child stopped", || proc_state(pid) == Some('T'));
+    request(&run.files.socket, "STOP");
+    let s = run.wait_state("stopped");
+    assert_eq!(s["last_exit"], 137, "killed by SIGKILL");
+    assert!(!alive(pid));
+}
+
+#[test]
+fn job_that_forks_fifty_grandchildren_and_exits_leaves_nothing() {
+    let t = TempDir::new();
+    let pids_file = t.file("pids");
+    let mut run = Run::builder(t.path(), "job").spawn([
+        child().as_os_str(),
+        os("--detach"),
+        os("50"),
+        pids_file.as_os_str(),
+        os("--exit"),
+        os("0"),
+    ]);
+    let s = run.wait_state("stopped");
+    assert_eq!(s["last_exit"], 0);
+    let pids: Vec<i32> = lines(&pids_file)
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 50);
+    for &p in &pids {
+        run.track(p);
+    }
+    for p in pids {
+        assert!(proc_state(p).is_none(), "{p} left behind or unreaped");
+    }
+    assert!(descendants(run.pid()).is_empty());
+    assert!(run.try_exit().is_none(), "exit 0 keeps container-run up");
+}
+
+#[test]
+fn deleted_socket_is_bound_again() {
+    let t = TempDir::new();
+    let run = Run::builder(t.path(), "job").spawn([child()]);
+    let pid = run.wait_running();
+    std::fs::remove_file(&run.files.socket).unwrap();
+    wait_until("socket re-created", || {
+        try_request(&run.files.socket, "STATUS").is_some()
+    });
+    assert_eq!(run.status()["pid"], pid);
+    assert!(run.errors().contains("was removed: binding it again"));
+
+    // The whole data directory, too (sentinel and marker go with it).
+    std::fs::remove_dir_all(t.path().join("data")).unwrap();
+    wait_until("socket re-created in a new directory", || {
+        try_request(&run.files.socket, "STATUS").is_some()
+    });
+    request(&run.files.socket, "STOP");
+    run.wait_stopped();
+    assert!(run.files.stopped.exists());
+}
+
+#[test]
+fn read_only_base_directory_is_a_clear_error_and_nothing_starts() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount a read-only file system");
+        return;
+    }
+    let t = TempDir::new();
+    let base = t.file("ro");
+    std::fs::create_dir(&base).unwrap();
+    let started = t.file("started");
+    // A private mount namespace with a read-only tmpfs at BASE: root's
+    // permission bits cannot bypass EROFS.
+    let script = format!(
+        "mount -t tmpfs -o ro tmpfs {b} && exec {cr} --base-dir {b} --job-name j -- {c} --ready {s}",
+        b = base.display(),
+        cr = bin().display(),
+        c = child().display(),
+        s = started.display()
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let (code, _, err) = output_with_deadline(cmd);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("base directory") && err.contains("Read-only"),
+        "{err}"
+    );
+    assert!(!started.exists());
+}
+
+#[test]
+fn missing_base_directory_is_created() {
+    let t = TempDir::new();
+    let base = t.file("does/not/exist/yet");
+    let run = Run::builder(&base, "job").spawn([child()]);
+    run.wait_running();
+    assert!(base.join("data/job").is_dir());
+}
+
+#[test]
+fn sigkill_as_pid_1_leaves_no_process_of_the_tree() {
+    if !is_root() {
+        eprintln!("skipped: needs root for unshare --pid");
+        return;
+    }
+    let t = TempDir::new();
+    let gc = t.file("gc");
+    let mut unshare = Command::new("unshare")
+        .args(["--pid", "--mount", "--fork", "--mount-proc"])
+        .arg(bin())
+        .arg("--base-dir")
+        .arg(t.path())
+        .args(["--job-name", "job", "--"])
+        .arg(child())
+        .arg("--grandchild")
+        .arg(&gc)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let outer = unshare.id() as i32;
+    wait_until("grandchild started", || gc.exists());
+    let sup = wait_for("container-run", || {
+        descendants(outer)
+            .into_iter()
+            .find(|&p| ppid(p) == Some(outer))
+    });
+    let tree = descendants(sup);
+    assert_eq!(tree.len(), 2, "job and escaped grandchild");
+    kill(sup, libc::SIGKILL);
+    wait_for("unshare exits", || unshare.try_wait().unwrap());
+    for p in tree {
+        wait_until("tree gone", || !alive(p));
+    }
+}
+
+#[test]
+fn a_thousand_signals_in_a_burst() {
+    let t = TempDir::new();
+    let rec = Recorder::new(&t, &[]);
+    let mut run = Run::builder(t.path(), "job").spawn(&rec.command);
+    let pid = run.wait_running();
+    rec.wait_ready();
+    let sigs = [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, libc::SIGWINCH];
+    for i in 0..1000 {
+        run.signal(sigs[i % sigs.len()]);
+    }
+    // Signals of one kind merge while pending; each kind arrives at least once.
+    wait_until("every kind forwarded", || {
+        let got = rec.signals();
+        ["SIGHUP", "SIGUSR1", "SIGUSR2", "SIGWINCH"]
+            .iter()
+            .all(|s| got.iter().any(|g| g == s))
+    });
+    let s = run.status();
+    assert_eq!(
+        (s["state"].as_str(), s["pid"].as_i64()),
+        (Some("running"), Some(pid as i64))
+    );
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait_exit(), 0);
+    assert!(!alive(pid));
+}

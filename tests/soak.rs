@@ -1,0 +1,86 @@
+//! Soak: STOP/START cycles against one container-run whose job forks
+//! children of its own. Short form by default (it runs in `cargo test`);
+//! the long form is
+//! `CONTAINER_RUN_SOAK_CYCLES=10000 cargo test --release --test soak -- --nocapture`.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+
+fn proc_count(pid: i32, what: &str) -> u64 {
+    match what {
+        "fds" => std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count() as u64,
+        _ => std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap(),
+    }
+}
+
+/// Send `cmd` and read replies until one says `want` (the settle reply
+/// follows the immediate one when the command left the state `stopping`).
+fn command(c: &std::os::unix::net::UnixDatagram, cmd: &str, want: &str) -> serde_json::Value {
+    c.send(cmd.as_bytes()).unwrap();
+    for _ in 0..2 {
+        let s = recv_json(c);
+        if s["state"] == want {
+            return s;
+        }
+    }
+    panic!("{cmd} did not reach {want}");
+}
+
+#[test]
+fn stop_start_cycles_leave_no_process_fd_or_memory_behind() {
+    let cycles: u32 = std::env::var("CONTAINER_RUN_SOAK_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+        .max(101);
+    let t = TempDir::new();
+    let kids = t.file("kids");
+    let run = Run::builder(t.path(), "job").spawn([
+        child().as_os_str(),
+        os("--children"),
+        os("3"),
+        kids.as_os_str(),
+    ]);
+    run.wait_running();
+    let sup = run.pid();
+    let c = client(&run.files.socket);
+    let started = Instant::now();
+    let mut at_100 = (0, 0);
+    for i in 1..=cycles {
+        command(&c, "STOP", "stopped");
+        let s = command(&c, "START", "running");
+        assert_eq!(s["starts"], i + 1);
+        if i == 100 {
+            at_100 = (proc_count(sup, "fds"), proc_count(sup, "rss"));
+        }
+        if i % 100 == 0 {
+            // The current job and its three children; nothing else, no zombie.
+            wait_until("the job's three children", || descendants(sup).len() == 4);
+            for p in descendants(sup) {
+                assert_ne!(proc_state(p), Some('Z'), "zombie {p}");
+            }
+        }
+    }
+    let s = command(&c, "STOP", "stopped");
+    assert_eq!(s["hold"], true, "the last command asked for a hold");
+    assert!(descendants(sup).is_empty(), "{:?}", descendants(sup));
+    let (fds, rss) = (proc_count(sup, "fds"), proc_count(sup, "rss"));
+    eprintln!(
+        "soak: {cycles} cycles in {:?}; after 100: {} fds, {} kB; at the end: {fds} fds, {rss} kB",
+        started.elapsed(),
+        at_100.0,
+        at_100.1
+    );
+    assert_eq!(fds, at_100.0, "file descriptors leaked");
+    assert!(rss <= at_100.1, "RSS grew from {} kB to {rss} kB", at_100.1);
+}
