@@ -151,12 +151,21 @@ fn main() {
     if let Some(n) = opt("--detach") {
         let i = args.iter().position(|a| a == "--detach").unwrap();
         let file = args.get(i + 2).cloned().expect("--detach N FILE");
-        for _ in 0..n.parse::<u32>().expect("--detach N") {
+        let n = n.parse::<usize>().expect("--detach N");
+        for _ in 0..n {
             let file = file.clone();
             double_fork(move || {
                 append(&file, &getpid().to_string());
                 sleep_forever();
             });
+        }
+        // Exit only once every grandchild has reported (bounded: 20 s).
+        for _ in 0..4000 {
+            let lines = std::fs::read_to_string(&file).unwrap_or_default();
+            if lines.lines().count() >= n {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
     if let Some(n) = opt("--children") {

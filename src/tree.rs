@@ -35,9 +35,26 @@ pub struct SpawnError {
 /// an empty signal mask, stdin from /dev/null and a parent-death signal.
 pub fn spawn(program: &OsString, args: &[OsString], output: Output) -> Result<Pid, SpawnError> {
     let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).process_group(0);
-    if output == Output::Discard {
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(args).process_group(0);
+    match std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        Ok(null) => {
+            let stdin = null.try_clone().map(Stdio::from).unwrap_or(Stdio::null());
+            cmd.stdin(stdin);
+            if output == Output::Discard {
+                let out = null.try_clone().map(Stdio::from).unwrap_or(Stdio::null());
+                cmd.stdout(out).stderr(Stdio::from(null));
+            }
+        }
+        // A root without /dev (an image built FROM scratch run by hand):
+        // stdin reads end-of-file from an empty pipe instead, and the
+        // condition's output goes where container-run's goes.
+        Err(_) => {
+            cmd.stdin(empty_stdin());
+        }
     }
     // SAFETY: the closure runs between fork and exec and makes only
     // async-signal-safe system calls, allocating nothing.
@@ -104,6 +121,14 @@ pub fn record_inherited_dispositions() {
             })
             .collect()
     });
+}
+
+/// The read end of a pipe whose write end is closed: end-of-file at once.
+fn empty_stdin() -> Stdio {
+    match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok((read, _write)) => Stdio::from(read),
+        Err(_) => Stdio::inherit(),
+    }
 }
 
 /// Between fork and exec. container-run blocks the signals it reads through
