@@ -26,7 +26,8 @@ import time
 import xmlrpc.client
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CR = os.path.join(ROOT, "target/release/container-run")
+# The shipping artifact: the static binary of scripts/build-static.
+CR = os.path.join(ROOT, "target/static/container-run")
 CHILD = os.path.join(ROOT, "target/release/examples/testchild")
 CHILD_REAL = os.path.realpath(CHILD)
 UNSHARE = ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child"]
@@ -430,7 +431,7 @@ def cycle(tools, reps):
             sent = now_ns()
             t.stop()
             t.start()
-            got = t.notify.wait("start", not_pid=old)
+            got = t.notify.wait("start", 5, not_pid=old)
             if got is None:
                 lost[t.name] += 1
                 t.start()
@@ -491,7 +492,7 @@ def burst_round(t, n, end_with, results):
         except (OSError, xmlrpc.client.Error, IndexError):
             return False
 
-    ok = wait_until(settled, 10, 0.002)
+    ok = wait_until(settled, 5, 0.002)
     if ok:
         # A late change (a delayed restart, a lost stop) shows within this.
         time.sleep(1.5)
@@ -500,7 +501,7 @@ def burst_round(t, n, end_with, results):
     # Leave the tool running for the next round.
     if not ok or last == "d":
         t.start()
-        wait_until(lambda: t.is_up() and t.child_count() == 1, 10, 0.002)
+        wait_until(lambda: t.is_up() and t.child_count() == 1, 5, 0.002)
 
 
 def bursts(tools, rounds, n):
@@ -581,6 +582,7 @@ def scale(work, count, rounds):
 
 
 def table(title, header, rows):
+    sys.stdout.flush()
     print(f"\n### {title}\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

@@ -59,7 +59,11 @@ fn every_shell_command_in_the_docs_works() {
     let rr = Run::builder(&base, "route_registrar").spawn([child()]);
     nats.wait_running();
     rr.wait_running();
-    let path = format!("{}:{}", tools.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
 
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     let mut ran = 0;
@@ -95,7 +99,10 @@ fn every_shell_command_in_the_docs_works() {
 fn shell_blocks_are_found_and_exit_codes_read() {
     let md = "text\n```sh\na\n\n# comment\nb   # exits 1\n```\n```yaml\nc\n```\n";
     let lines = shell_lines(md);
-    assert_eq!(lines, [(3, "a".to_string()), (6, "b   # exits 1".to_string())]);
+    assert_eq!(
+        lines,
+        [(3, "a".to_string()), (6, "b   # exits 1".to_string())]
+    );
     assert_eq!(expected_exit(&lines[1].1), 1);
     assert_eq!(expected_exit("x"), 0);
 }

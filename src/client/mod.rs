@@ -273,7 +273,14 @@ pub fn drive(
             } else if now.duration_since(s.sent_at) >= RESEND_EVERY
                 && let Some(sock) = &s.sock
             {
-                let _ = sock.send(ControlCommand::Status.as_str().as_bytes());
+                if sock
+                    .send(ControlCommand::Status.as_str().as_bytes())
+                    .is_err()
+                {
+                    s.outcome = Some(Outcome::NoAnswer(
+                        "container-run went away from its socket".into(),
+                    ));
+                }
                 s.sent_at = now;
             }
         }
