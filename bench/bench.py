@@ -195,24 +195,28 @@ class ContainerRun(Tool):
         return sent
 
 
-class Runit(Tool):
-    """runsv; commands through `sv` or written straight to supervise/control."""
+class ServiceDir(Tool):
+    """A supervisor of one service directory whose `run` is the child,
+    controlled through its command-line tool or by writing the same letters
+    straight to its `supervise/control` FIFO (runit and s6 share both)."""
+
+    program = "?"
 
     def __init__(self, work, fifo):
         self.fifo = fifo
-        self.name = "runit (fifo)" if fifo else "runit (sv)"
+        self.name = f"{self.family} ({'fifo' if fifo else self.cli})"
         super().__init__(work)
         self.svc = os.path.join(self.dir, "bench")
         os.makedirs(self.svc)
         os.symlink(CHILD, os.path.join(self.svc, "run"))
-        self.launch(["runsv", self.svc])
+        self.launch([self.program, self.svc])
         self.control = open_fifo(os.path.join(self.svc, "supervise/control"))
 
     def _cmd(self, letter):
         if self.fifo:
             os.write(self.control, letter.encode())
         else:
-            subprocess.run(["sv", letter, self.svc], stdout=subprocess.DEVNULL, check=False)
+            subprocess.run(self.cli_argv(letter), stdout=subprocess.DEVNULL, check=False)
 
     def stop(self):
         self._cmd("d")
@@ -222,6 +226,13 @@ class Runit(Tool):
 
     def burst(self, letters):
         os.write(self.control, "".join(letters).encode())
+
+
+class Runit(ServiceDir):
+    family, cli, program = "runit", "sv", "runsv"
+
+    def cli_argv(self, letter):
+        return ["sv", letter, self.svc]
 
     def stat(self):
         return read(os.path.join(self.svc, "supervise/stat")).strip()
@@ -233,33 +244,11 @@ class Runit(Tool):
         return self.stat() == "run"
 
 
-class S6(Tool):
-    """s6-supervise; commands through `s6-svc` or its control FIFO."""
+class S6(ServiceDir):
+    family, cli, program = "s6", "s6-svc", "s6-supervise"
 
-    def __init__(self, work, fifo):
-        self.fifo = fifo
-        self.name = "s6 (fifo)" if fifo else "s6 (s6-svc)"
-        super().__init__(work)
-        self.svc = os.path.join(self.dir, "bench")
-        os.makedirs(self.svc)
-        os.symlink(CHILD, os.path.join(self.svc, "run"))
-        self.launch(["s6-supervise", self.svc])
-        self.control = open_fifo(os.path.join(self.svc, "supervise/control"))
-
-    def _cmd(self, letter):
-        if self.fifo:
-            os.write(self.control, letter.encode())
-        else:
-            subprocess.run(["s6-svc", "-" + letter, self.svc], check=False)
-
-    def stop(self):
-        self._cmd("d")
-
-    def start(self):
-        self._cmd("u")
-
-    def burst(self, letters):
-        os.write(self.control, "".join(letters).encode())
+    def cli_argv(self, letter):
+        return ["s6-svc", "-" + letter, self.svc]
 
     def up(self):
         out = subprocess.run(
@@ -481,7 +470,7 @@ def burst_round(t, n, end_with, results):
     if isinstance(t, ContainerRun):
         for letter in letters:
             (t.stop if letter == "d" else t.start)()
-    elif isinstance(t, (Runit, S6)) or isinstance(t, Supervisord):
+    else:
         t.burst(letters)
     want = t.is_down if last == "d" else t.is_up
     children = 0 if last == "d" else 1

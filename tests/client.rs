@@ -192,8 +192,7 @@ impl Drop for Pod {
 
 #[test]
 fn ctl_all_over_ten_namespaced_container_runs() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipped: needs root for unshare --pid");
         return;
     }

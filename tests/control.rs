@@ -139,12 +139,7 @@ fn flood_of_garbage_with_a_stop_in_the_middle() {
     run.wait_state("stopped");
     assert!(!alive(pid));
     assert!(run.files.stopped.exists());
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", run.pid())).unwrap();
-    let kb: u64 = rss
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
+    let kb = rss_kb(run.pid());
     assert!(kb < 16 * 1024, "RSS grew to {kb} kB");
 }
 

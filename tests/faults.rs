@@ -7,11 +7,6 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[test]
 fn sigstopped_child_that_ignores_sigterm_dies_at_the_stop_timeout() {
     let t = TempDir::new();
@@ -70,8 +65,11 @@ fn deleted_socket_is_bound_again() {
     assert_eq!(run.status()["pid"], pid);
     assert!(run.errors().contains("was removed: binding it again"));
 
-    // The whole data directory, too (sentinel and marker go with it).
-    std::fs::remove_dir_all(t.path().join("data")).unwrap();
+    // The whole data directory, too (sentinel and marker go with it). Moved
+    // aside first, so that the removal cannot race with the re-creation.
+    let aside = t.path().join("data.old");
+    std::fs::rename(t.path().join("data"), &aside).unwrap();
+    std::fs::remove_dir_all(&aside).unwrap();
     wait_until("socket re-created in a new directory", || {
         try_request(&run.files.socket, "STATUS").is_some()
     });

@@ -8,11 +8,6 @@ use std::process::{Child, Command, Stdio};
 
 use common::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// `unshare` running container-run as PID 1; killed (by pid) on drop.
 struct Namespaced {
     unshare: Child,

@@ -9,11 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// `container-run ctl status --socket SOCK` as another user and group.
 fn ctl_status_as(uid: u32, gid: u32, socket: &std::path::Path) -> (i32, String, String) {
     let mut cmd = Command::new("setpriv");
@@ -24,15 +19,6 @@ fn ctl_status_as(uid: u32, gid: u32, socket: &std::path::Path) -> (i32, String, 
         .args(["ctl", "status", "--json", "--socket"])
         .arg(socket);
     output_with_deadline(cmd)
-}
-
-fn rss_kb(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]

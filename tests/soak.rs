@@ -9,20 +9,6 @@ use std::time::Instant;
 
 use common::*;
 
-fn proc_count(pid: i32, what: &str) -> u64 {
-    match what {
-        "fds" => std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count() as u64,
-        _ => std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap(),
-    }
-}
-
 /// Send `cmd` and read replies until one says `want` (the settle reply
 /// follows the immediate one when the command left the state `stopping`).
 fn command(c: &std::os::unix::net::UnixDatagram, cmd: &str, want: &str) -> serde_json::Value {
@@ -61,7 +47,7 @@ fn stop_start_cycles_leave_no_process_fd_or_memory_behind() {
         let s = command(&c, "START", "running");
         assert_eq!(s["starts"], i + 1);
         if i == 100 {
-            at_100 = (proc_count(sup, "fds"), proc_count(sup, "rss"));
+            at_100 = (fd_count(sup), rss_kb(sup));
         }
         if i % 100 == 0 {
             // The current job and its three children; nothing else, no zombie.
@@ -74,7 +60,7 @@ fn stop_start_cycles_leave_no_process_fd_or_memory_behind() {
     let s = command(&c, "STOP", "stopped");
     assert_eq!(s["hold"], true, "the last command asked for a hold");
     assert!(descendants(sup).is_empty(), "{:?}", descendants(sup));
-    let (fds, rss) = (proc_count(sup, "fds"), proc_count(sup, "rss"));
+    let (fds, rss) = (fd_count(sup), rss_kb(sup));
     eprintln!(
         "soak: {cycles} cycles in {:?}; after 100: {} fds, {} kB; at the end: {fds} fds, {rss} kB",
         started.elapsed(),

@@ -72,8 +72,7 @@ fn the_release_binary_is_static() {
 #[test]
 fn runs_as_pid_1_of_an_empty_root() {
     let Some(dir) = static_dir() else { return };
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("skipped: needs root for unshare --root");
         return;
     }
