@@ -136,12 +136,7 @@ fn ctl_term_restart_and_quit() {
 #[test]
 fn ctl_no_wait_returns_while_stopping_and_timeout_says_so() {
     let t = TempDir::new();
-    let rec = Recorder::new(&t, &["--ignore-term"]);
-    let run = Run::builder(t.path(), "job")
-        .args(["--stop-timeout", "1h"])
-        .spawn(&rec.command);
-    let pid = run.wait_running();
-    rec.wait_ready();
+    let (run, pid) = Run::stubborn(&t, "1h");
     let (code, _, err) = ctl(t.path(), &["stop", "job", "--no-wait"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(run.status()["state"], "stopping");

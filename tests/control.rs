@@ -146,12 +146,7 @@ fn flood_of_garbage_with_a_stop_in_the_middle() {
 #[test]
 fn start_during_a_long_stop_starts_once_the_stop_finished() {
     let t = TempDir::new();
-    let rec = Recorder::new(&t, &["--ignore-term"]);
-    let run = Run::builder(t.path(), "job")
-        .args(["--stop-timeout", "500ms"])
-        .spawn(&rec.command);
-    let first = run.wait_running();
-    assert_eq!(rec.wait_ready(), first);
+    let (run, first) = Run::stubborn(&t, "500ms");
     let c = client(&run.files.socket);
     c.send(b"STOP").unwrap();
     assert_eq!(recv_json(&c)["state"], "stopping");

@@ -10,12 +10,7 @@ use common::*;
 #[test]
 fn sigstopped_child_that_ignores_sigterm_dies_at_the_stop_timeout() {
     let t = TempDir::new();
-    let rec = Recorder::new(&t, &["--ignore-term"]);
-    let run = Run::builder(t.path(), "job")
-        .args(["--stop-timeout", "300ms"])
-        .spawn(&rec.command);
-    let pid = run.wait_running();
-    assert_eq!(rec.wait_ready(), pid);
+    let (run, pid) = Run::stubborn(&t, "300ms");
     kill(pid, libc::SIGSTOP);
     wait_until("child stopped", || proc_state(pid) == Some('T'));
     request(&run.files.socket, "STOP");

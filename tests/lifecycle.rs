@@ -272,12 +272,7 @@ fn missing_and_unexecutable_commands_are_127_and_126() {
 #[test]
 fn child_ignoring_sigterm_is_killed_after_the_stop_timeout() {
     let t = TempDir::new();
-    let rec = Recorder::new(&t, &["--ignore-term"]);
-    let run = Run::builder(t.path(), "job")
-        .args(["--stop-timeout", "300ms"])
-        .spawn(&rec.command);
-    let pid = run.wait_running();
-    assert_eq!(rec.wait_ready(), pid);
+    let (run, pid) = Run::stubborn(&t, "300ms");
     request(&run.files.socket, "STOP");
     run.wait_stopped();
     assert!(!alive(pid));

@@ -87,12 +87,7 @@ fn replies_go_only_to_their_sender() {
 #[test]
 fn many_senders_during_a_stop_cannot_grow_memory() {
     let t = TempDir::new();
-    let rec = Recorder::new(&t, &["--ignore-term"]);
-    let run = Run::builder(t.path(), "job")
-        .args(["--stop-timeout", "1h"])
-        .spawn(&rec.command);
-    let pid = run.wait_running();
-    rec.wait_ready();
+    let (run, pid) = Run::stubborn(&t, "1h");
     request(&run.files.socket, "TERM");
     let before = rss_kb(run.pid());
     // Each sender asks for a change while the stop lasts, so each would be

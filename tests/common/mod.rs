@@ -186,6 +186,18 @@ impl Run {
         }
     }
 
+    /// container-run whose job ignores SIGTERM, so that a stop lasts until
+    /// `stop_timeout`; returns once the job has set up, with its pid.
+    pub fn stubborn(t: &TempDir, stop_timeout: &str) -> (Run, i32) {
+        let rec = Recorder::new(t, &["--ignore-term"]);
+        let run = Run::builder(t.path(), "job")
+            .args(["--stop-timeout", stop_timeout])
+            .spawn(&rec.command);
+        let pid = run.wait_running();
+        assert_eq!(rec.wait_ready(), pid);
+        (run, pid)
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
