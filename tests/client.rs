@@ -194,8 +194,7 @@ fn ctl_all_over_ten_namespaced_container_runs() {
     let t = TempDir::new();
     let mut pod = Pod { members: vec![] };
     for i in 0..10 {
-        let m = Command::new("unshare")
-            .args(["--pid", "--mount", "--fork", "--mount-proc", "--kill-child"])
+        let m = namespaced()
             .arg(bin())
             .arg("--base-dir")
             .arg(t.path())

@@ -64,12 +64,7 @@ fn stop_and_start_replies_settle_with_a_second_datagram() {
     let run = Run::builder(t.path(), "job").spawn([child()]);
     run.wait_running();
     let c = client(&run.files.socket);
-    c.send(b"STOP").unwrap();
-    let mut s = recv_json(&c);
-    if s["state"] == "stopping" {
-        s = recv_json(&c);
-    }
-    assert_eq!(s["state"], "stopped");
+    command_until(&c, "STOP", "stopped");
     assert!(
         !run.files.running.exists(),
         "files gone when stopped is said"

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use common::*;
 
@@ -15,8 +15,7 @@ struct Namespaced {
 
 impl Namespaced {
     fn start(args: &[&std::ffi::OsStr]) -> Namespaced {
-        let unshare = Command::new("unshare")
-            .args(["--pid", "--mount", "--fork", "--mount-proc", "--kill-child"])
+        let unshare = namespaced()
             .arg(bin())
             .args(args)
             .stdin(Stdio::null())

@@ -70,12 +70,7 @@ fn replies_go_only_to_their_sender() {
     run.wait_running();
     let a = client(&run.files.socket);
     let b = client(&run.files.socket);
-    a.send(b"STOP").unwrap();
-    let mut s = recv_json(&a);
-    if s["state"] == "stopping" {
-        s = recv_json(&a);
-    }
-    assert_eq!(s["state"], "stopped");
+    command_until(&a, "STOP", "stopped");
     // Had B been sent A's replies, its first datagram would be one of them
     // ("stopping"); it must be the answer to its own STATUS.
     b.send(b"STATUS").unwrap();

@@ -9,19 +9,6 @@ use std::time::Instant;
 
 use common::*;
 
-/// Send `cmd` and read replies until one says `want` (the settle reply
-/// follows the immediate one when the command left the state `stopping`).
-fn command(c: &std::os::unix::net::UnixDatagram, cmd: &str, want: &str) -> serde_json::Value {
-    c.send(cmd.as_bytes()).unwrap();
-    for _ in 0..2 {
-        let s = recv_json(c);
-        if s["state"] == want {
-            return s;
-        }
-    }
-    panic!("{cmd} did not reach {want}");
-}
-
 #[test]
 fn stop_start_cycles_leave_no_process_fd_or_memory_behind() {
     let cycles: u32 = std::env::var("CONTAINER_RUN_SOAK_CYCLES")
@@ -43,8 +30,8 @@ fn stop_start_cycles_leave_no_process_fd_or_memory_behind() {
     let started = Instant::now();
     let mut at_100 = (0, 0);
     for i in 1..=cycles {
-        command(&c, "STOP", "stopped");
-        let s = command(&c, "START", "running");
+        command_until(&c, "STOP", "stopped");
+        let s = command_until(&c, "START", "running");
         assert_eq!(s["starts"], i + 1);
         if i == 100 {
             at_100 = (fd_count(sup), rss_kb(sup));
@@ -57,7 +44,7 @@ fn stop_start_cycles_leave_no_process_fd_or_memory_behind() {
             }
         }
     }
-    let s = command(&c, "STOP", "stopped");
+    let s = command_until(&c, "STOP", "stopped");
     assert_eq!(s["hold"], true, "the last command asked for a hold");
     assert!(descendants(sup).is_empty(), "{:?}", descendants(sup));
     let (fds, rss) = (fd_count(sup), rss_kb(sup));

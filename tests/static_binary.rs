@@ -83,8 +83,7 @@ fn runs_as_pid_1_of_an_empty_root() {
     for name in ["container-run", "testchild"] {
         std::fs::copy(dir.join(name), root.file("bin").join(name)).unwrap();
     }
-    let mut unshare = Command::new("unshare")
-        .args(["--pid", "--mount", "--fork", "--mount-proc", "--kill-child"])
+    let mut unshare = namespaced()
         .arg(format!("--root={}", root.path().display()))
         .args([
             "/bin/container-run",

@@ -361,6 +361,27 @@ pub fn try_request(socket: &Path, text: &str) -> Option<Value> {
     Some(recv_json(&s))
 }
 
+/// Send `cmd` and read replies until one says `want`: the settle reply
+/// follows the immediate one when the command left the state `stopping`.
+pub fn command_until(c: &UnixDatagram, cmd: &str, want: &str) -> Value {
+    c.send(cmd.as_bytes()).unwrap();
+    for _ in 0..2 {
+        let s = recv_json(c);
+        if s["state"] == want {
+            return s;
+        }
+    }
+    panic!("{cmd} did not reach {want}");
+}
+
+/// `unshare` making what follows PID 1 of a new PID and mount namespace,
+/// with its own /proc, killed with the unshare process.
+pub fn namespaced() -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--mount", "--fork", "--mount-proc", "--kill-child"]);
+    cmd
+}
+
 /// Send a command from a bound socket and return the reply.
 pub fn request(socket: &Path, text: &str) -> Value {
     let s = client(socket);
