@@ -25,6 +25,40 @@ pub struct MachineConfig {
     pub has_condition: bool,
 }
 
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(u8),
+    Signal(u8),
+}
+
+impl Exit {
+    /// As a shell reports it, and as container-run exits: the code, or
+    /// 128 + the signal.
+    pub fn status(self) -> u8 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128u8.wrapping_add(s),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    /// "exited with status 3" or "was killed by signal 9 (SIGKILL)".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Exit::Code(c) => write!(f, "exited with status {c}"),
+            Exit::Signal(s) => {
+                write!(f, "was killed by signal {s}")?;
+                match Signal::try_from(i32::from(s)) {
+                    Ok(sig) => write!(f, " ({})", sig.as_str()),
+                    Err(_) => Ok(()),
+                }
+            }
+        }
+    }
+}
+
 /// The two helper commands that run beside the main process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookKind {
@@ -48,10 +82,10 @@ pub enum Event {
     /// The hook exists but could not be executed: a failed condition try,
     /// or a failed post-start.
     HookSpawnFailed(HookKind),
-    /// A child of container-run ended; `status` is its code or 128 + signal.
+    /// A child of container-run ended.
     Reaped {
         pid: Pid,
-        status: u8,
+        exit: Exit,
     },
     /// All exited children have been reaped; `children_left` says whether
     /// any child (and so any process of the tree) is still alive.
@@ -210,7 +244,7 @@ impl Machine {
                     self.fail_post_start(now, &mut acts);
                 }
             }
-            Event::Reaped { pid, status } => self.reaped(now, pid, status, &mut acts),
+            Event::Reaped { pid, exit } => self.reaped(now, pid, exit, &mut acts),
             Event::Drained { children_left } => {
                 if self.state == State::Stopping {
                     if !children_left {
@@ -311,7 +345,8 @@ impl Machine {
         }
     }
 
-    fn reaped(&mut self, now: Instant, pid: Pid, status: u8, acts: &mut Vec<Action>) {
+    fn reaped(&mut self, now: Instant, pid: Pid, exit: Exit, acts: &mut Vec<Action>) {
+        let status = exit.status();
         if self.main == Some(pid) {
             self.main = None;
             self.last_exit = Some(status);
@@ -321,10 +356,7 @@ impl Machine {
             if status == 0 {
                 log::info!("process {pid} exited with status 0: stopped, waiting for START");
             } else {
-                log::error!(
-                    "process {pid} {}: stopping and exiting with {status}",
-                    describe(status)
-                );
+                log::error!("process {pid} {exit}: stopping and exiting with {status}");
                 self.exit_code = Some(status);
             }
             self.begin_stop(now, acts);
@@ -343,7 +375,7 @@ impl Machine {
         match (kind, status) {
             (HookKind::Condition, 0) => acts.push(Action::SpawnHook(HookKind::PostStart)),
             (HookKind::Condition, _) => {
-                log::debug!("post-start condition {}", describe(status));
+                log::debug!("post-start condition {exit}");
                 self.hook = Hook::Waiting(now + self.cfg.condition_interval);
             }
             (HookKind::PostStart, 0) => {
@@ -351,10 +383,7 @@ impl Machine {
                 self.post_start_deadline = None;
             }
             (HookKind::PostStart, _) => {
-                log::error!(
-                    "post-start {}: stopping the job and exiting with 1",
-                    describe(status)
-                );
+                log::error!("post-start {exit}: stopping the job and exiting with 1");
                 self.fail_post_start(now, acts);
             }
         }
@@ -435,18 +464,6 @@ impl Machine {
     }
 }
 
-/// "exited with status 3" or "was killed by signal 9 (SIGKILL)".
-pub fn describe(status: u8) -> String {
-    if status > 128 {
-        let name = Signal::try_from(i32::from(status - 128))
-            .map(|s| format!(" ({})", s.as_str()))
-            .unwrap_or_default();
-        format!("was killed by signal {}{name}", status - 128)
-    } else {
-        format!("exited with status {status}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,7 +511,7 @@ mod tests {
                 t,
                 Event::Reaped {
                     pid: 10,
-                    status: 143
+                    exit: Exit::Signal(15)
                 }
             ),
             []
@@ -535,7 +552,13 @@ mod tests {
     fn stop_when_stopped_still_writes_the_hold() {
         let (mut m, t) = running(10);
         m.step(t, Event::Command(Term));
-        m.step(t, Event::Reaped { pid: 10, status: 0 });
+        m.step(
+            t,
+            Event::Reaped {
+                pid: 10,
+                exit: Exit::Code(0),
+            },
+        );
         m.step(
             t,
             Event::Drained {
@@ -578,7 +601,7 @@ mod tests {
             t,
             Event::Reaped {
                 pid: 10,
-                status: 143,
+                exit: Exit::Signal(15),
             },
         );
         assert_eq!(
@@ -613,7 +636,13 @@ mod tests {
             }
             // The child dies of the SIGTERM, the tree empties.
             if m.state() == State::Stopping {
-                m.step(t, Event::Reaped { pid, status: 143 });
+                m.step(
+                    t,
+                    Event::Reaped {
+                        pid,
+                        exit: Exit::Signal(15),
+                    },
+                );
                 let acts = m.step(
                     t,
                     Event::Drained {
@@ -647,7 +676,7 @@ mod tests {
             late,
             Event::Reaped {
                 pid: 10,
-                status: 137,
+                exit: Exit::Signal(9),
             },
         );
         assert_eq!(
@@ -674,7 +703,13 @@ mod tests {
     fn main_exit_zero_stops_and_stays_up() {
         let (mut m, t) = running(10);
         assert_eq!(
-            m.step(t, Event::Reaped { pid: 10, status: 0 }),
+            m.step(
+                t,
+                Event::Reaped {
+                    pid: 10,
+                    exit: Exit::Code(0)
+                }
+            ),
             stop_signals()
         );
         assert_eq!(
@@ -694,9 +729,15 @@ mod tests {
 
     #[test]
     fn main_crash_exits_with_its_status_after_the_tree_is_gone() {
-        for status in [1u8, 3, 137, 143] {
+        for exit in [
+            Exit::Code(1),
+            Exit::Code(3),
+            Exit::Signal(9),
+            Exit::Signal(15),
+        ] {
+            let status = exit.status();
             let (mut m, t) = running(10);
-            assert_eq!(m.step(t, Event::Reaped { pid: 10, status }), stop_signals());
+            assert_eq!(m.step(t, Event::Reaped { pid: 10, exit }), stop_signals());
             // A START during the clean-up does not bring it back.
             assert_eq!(m.step(t, Event::Command(Start)), []);
             assert_eq!(
@@ -722,7 +763,7 @@ mod tests {
             later,
             Event::Reaped {
                 pid: 10,
-                status: 143,
+                exit: Exit::Signal(15),
             },
         );
         assert_eq!(
@@ -745,7 +786,13 @@ mod tests {
     #[test]
     fn shutdown_after_crash_keeps_the_crash_status() {
         let (mut m, t) = running(10);
-        m.step(t, Event::Reaped { pid: 10, status: 2 });
+        m.step(
+            t,
+            Event::Reaped {
+                pid: 10,
+                exit: Exit::Code(2),
+            },
+        );
         m.step(t, Event::Shutdown);
         assert_eq!(
             m.step(
@@ -779,7 +826,13 @@ mod tests {
             [Action::Signal(Scope::Job, Signal::SIGQUIT)]
         );
         m.step(t, Event::Command(Term));
-        m.step(t, Event::Reaped { pid: 10, status: 0 });
+        m.step(
+            t,
+            Event::Reaped {
+                pid: 10,
+                exit: Exit::Code(0),
+            },
+        );
         m.step(
             t,
             Event::Drained {
@@ -793,7 +846,16 @@ mod tests {
     #[test]
     fn orphans_and_unknown_pids_change_nothing() {
         let (mut m, t) = running(10);
-        assert_eq!(m.step(t, Event::Reaped { pid: 99, status: 1 }), []);
+        assert_eq!(
+            m.step(
+                t,
+                Event::Reaped {
+                    pid: 99,
+                    exit: Exit::Code(1)
+                }
+            ),
+            []
+        );
         assert_eq!(
             m.step(
                 t,
@@ -819,7 +881,16 @@ mod tests {
         );
         assert_eq!(m.post_start(), PostStart::Pending);
         m.step(t, Event::HookSpawned(HookKind::Condition, 20));
-        assert_eq!(m.step(t, Event::Reaped { pid: 20, status: 1 }), []);
+        assert_eq!(
+            m.step(
+                t,
+                Event::Reaped {
+                    pid: 20,
+                    exit: Exit::Code(1)
+                }
+            ),
+            []
+        );
         let retry = t + Duration::from_secs(3);
         assert_eq!(m.next_deadline(), Some(retry));
         assert_eq!(m.step(t + Duration::from_secs(2), Event::Tick), []);
@@ -829,12 +900,27 @@ mod tests {
         );
         m.step(retry, Event::HookSpawned(HookKind::Condition, 21));
         assert_eq!(
-            m.step(retry, Event::Reaped { pid: 21, status: 0 }),
+            m.step(
+                retry,
+                Event::Reaped {
+                    pid: 21,
+                    exit: Exit::Code(0)
+                }
+            ),
             [Action::SpawnHook(HookKind::PostStart)]
         );
         m.step(retry, Event::HookSpawned(HookKind::PostStart, 22));
         assert_eq!(m.post_start(), PostStart::Running);
-        assert_eq!(m.step(retry, Event::Reaped { pid: 22, status: 0 }), []);
+        assert_eq!(
+            m.step(
+                retry,
+                Event::Reaped {
+                    pid: 22,
+                    exit: Exit::Code(0)
+                }
+            ),
+            []
+        );
         assert_eq!(m.post_start(), PostStart::Done);
         assert_eq!(m.next_deadline(), None);
     }
@@ -846,7 +932,13 @@ mod tests {
         m.step(t, Event::MainSpawned(10));
         m.step(t, Event::HookSpawned(HookKind::PostStart, 20));
         assert_eq!(
-            m.step(t, Event::Reaped { pid: 20, status: 2 }),
+            m.step(
+                t,
+                Event::Reaped {
+                    pid: 20,
+                    exit: Exit::Code(2)
+                }
+            ),
             stop_signals()
         );
         assert_eq!(m.post_start(), PostStart::Failed);
@@ -854,7 +946,7 @@ mod tests {
             t,
             Event::Reaped {
                 pid: 10,
-                status: 143,
+                exit: Exit::Signal(15),
             },
         );
         assert_eq!(
@@ -874,7 +966,13 @@ mod tests {
         let t = Instant::now();
         m.step(t, Event::MainSpawned(10));
         m.step(t, Event::HookSpawned(HookKind::Condition, 20));
-        m.step(t, Event::Reaped { pid: 20, status: 1 });
+        m.step(
+            t,
+            Event::Reaped {
+                pid: 20,
+                exit: Exit::Code(1),
+            },
+        );
         let end = t + Duration::from_secs(60);
         let acts = m.step(end, Event::Tick);
         assert_eq!(acts, stop_signals());
@@ -895,7 +993,7 @@ mod tests {
                 t,
                 Event::Reaped {
                     pid: 20,
-                    status: 143
+                    exit: Exit::Signal(15)
                 }
             ),
             []
@@ -904,7 +1002,7 @@ mod tests {
             t,
             Event::Reaped {
                 pid: 10,
-                status: 143,
+                exit: Exit::Signal(15),
             },
         );
         assert_eq!(
@@ -932,7 +1030,13 @@ mod tests {
         let t = Instant::now();
         m.step(t, Event::MainSpawned(10));
         m.step(t, Event::HookSpawned(HookKind::Condition, 20));
-        m.step(t, Event::Reaped { pid: 20, status: 1 });
+        m.step(
+            t,
+            Event::Reaped {
+                pid: 20,
+                exit: Exit::Code(1),
+            },
+        );
         m.step(t, Event::Command(Stop));
         assert_eq!(m.next_deadline(), Some(t + STOP_TIMEOUT));
         assert_eq!(m.step(t + Duration::from_secs(3), Event::Tick), []);
@@ -950,8 +1054,14 @@ mod tests {
     }
 
     #[test]
-    fn describe_statuses() {
-        assert_eq!(describe(3), "exited with status 3");
-        assert_eq!(describe(137), "was killed by signal 9 (SIGKILL)");
+    fn exits_read_as_an_operator_expects() {
+        assert_eq!(Exit::Code(3).to_string(), "exited with status 3");
+        assert_eq!(Exit::Code(130).status(), 130);
+        assert_eq!(Exit::Code(130).to_string(), "exited with status 130");
+        assert_eq!(Exit::Signal(9).status(), 137);
+        assert_eq!(
+            Exit::Signal(9).to_string(),
+            "was killed by signal 9 (SIGKILL)"
+        );
     }
 }

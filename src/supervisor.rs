@@ -207,10 +207,10 @@ impl Supervisor {
     fn reap(&mut self) -> Option<u8> {
         let (reaped, children_left) = tree::reap_all();
         for r in reaped {
-            log::debug!("reaped {} ({})", r.pid, crate::machine::describe(r.status));
+            log::debug!("reaped {} ({})", r.pid, r.exit);
             if let Some(code) = self.feed(Event::Reaped {
                 pid: r.pid,
-                status: r.status,
+                exit: r.exit,
             }) {
                 return Some(code);
             }

@@ -14,7 +14,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid as NixPid;
 
-use crate::machine::Pid;
+use crate::machine::{Exit, Pid};
 
 /// How a child's output is wired: the job and the post-start share
 /// container-run's stdout/stderr; the condition's output is discarded.
@@ -335,12 +335,11 @@ pub fn kill_tree(groups: &[Pid]) {
     }
 }
 
-/// One exited child: its pid and its status as an exit code (128 + signal
-/// when killed).
+/// One exited child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reaped {
     pub pid: Pid,
-    pub status: u8,
+    pub exit: Exit,
 }
 
 /// Reap every exited child (`waitpid(-1, WNOHANG)` until nothing is left to
@@ -351,11 +350,11 @@ pub fn reap_all() -> (Vec<Reaped>, bool) {
         match waitpid(NixPid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => reaped.push(Reaped {
                 pid: pid.as_raw(),
-                status: code as u8,
+                exit: Exit::Code(code as u8),
             }),
             Ok(WaitStatus::Signaled(pid, sig, _)) => reaped.push(Reaped {
                 pid: pid.as_raw(),
-                status: 128u8.wrapping_add(sig as i32 as u8),
+                exit: Exit::Signal(sig as i32 as u8),
             }),
             Ok(WaitStatus::StillAlive) => return (reaped, true),
             Ok(_) => continue,

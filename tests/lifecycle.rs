@@ -220,16 +220,27 @@ fn main_exit_zero_stays_up_and_start_brings_it_back() {
 
 #[test]
 fn exit_status_of_the_job_is_propagated() {
-    for (args, want) in [
-        (vec!["--exit", "3"], 3),
-        (vec!["--raise", "9"], 137),
-        (vec!["--raise", "15"], 143),
+    for (args, want, why) in [
+        (vec!["--exit", "3"], 3, "exited with status 3"),
+        (vec!["--exit", "130"], 130, "exited with status 130"),
+        (
+            vec!["--raise", "9"],
+            137,
+            "was killed by signal 9 (SIGKILL)",
+        ),
+        (
+            vec!["--raise", "15"],
+            143,
+            "was killed by signal 15 (SIGTERM)",
+        ),
     ] {
         let t = TempDir::new();
         let mut cmd = vec![child().into_os_string()];
         cmd.extend(args.iter().map(Into::into));
         let mut run = Run::builder(t.path(), "job").spawn(cmd);
         assert_eq!(run.wait_exit(), want, "{args:?}");
+        let err = run.errors();
+        assert!(err.contains(why), "{args:?}: {err}");
         assert!(!run.files.socket.exists());
         assert!(!run.files.running.exists());
     }
