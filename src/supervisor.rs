@@ -129,20 +129,21 @@ impl Supervisor {
                 .next_deadline()
                 .map(|d| TimeSpec::from_duration(d.saturating_duration_since(Instant::now())));
             let (signals_ready, socket_ready, watch_ready) = {
-                let mut fds = vec![
+                let watch = self.socket.watch_fd();
+                let mut fds = [
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(watch.unwrap_or(self.signals.as_fd()), PollFlags::POLLIN),
                 ];
-                if let Some(watch) = self.socket.watch_fd() {
-                    fds.push(PollFd::new(watch, PollFlags::POLLIN));
-                }
-                match ppoll(&mut fds, timeout, None) {
+                let used = if watch.is_some() { 3 } else { 2 };
+                match ppoll(&mut fds[..used], timeout, None) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => continue,
                     Err(e) => log::warn!("ppoll: {e}"),
                 }
                 let ready = |i: usize| {
-                    fds.get(i)
+                    fds[..used]
+                        .get(i)
                         .and_then(PollFd::revents)
                         .is_some_and(|r| !r.is_empty())
                 };
