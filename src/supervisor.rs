@@ -1,5 +1,6 @@
-//! The one event loop (SPEC sections 3-5): a signalfd, the control socket and
-//! the machine's next deadline, waited on with one `ppoll`. It turns what
+//! The one event loop (SPEC sections 3-5): a signalfd, the control socket,
+//! the socket directory's inotify watch and the machine's next deadline,
+//! waited on with one `ppoll`. It turns what
 //! happens into `Event`s for the machine and carries out the `Action`s that
 //! come back. Single threaded; with nothing due it sleeps without timeout.
 
