@@ -142,7 +142,11 @@ fn as_pid_1_stop_and_start_kill_escaped_grandchildren() {
         request(&files.socket, "STATUS")["state"] == "stopped"
     });
     assert!(descendants(sup).is_empty(), "{:?}", descendants(sup));
+    std::fs::remove_file(&gc).unwrap();
     send(&files.socket, "START");
     wait_until("running again", || files.running.exists());
+    // The restarted job set up completely: a new escaped grandchild.
+    wait_until("new grandchild started", || gc.exists());
+    wait_until("job and grandchild again", || descendants(sup).len() == 2);
     assert!(alive(sup));
 }
