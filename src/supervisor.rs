@@ -242,7 +242,10 @@ impl Supervisor {
             } else {
                 log::info!("received {}", command.as_str());
             }
-            self.socket.reply(&sender, &self.status().to_line());
+            // Building the JSON line only for a sender that can be answered.
+            if !sender.is_unnamed() {
+                self.socket.reply(&sender, &self.status().to_line());
+            }
             let asks_for_change = matches!(
                 command,
                 ControlCommand::Start | ControlCommand::Stop | ControlCommand::Term
