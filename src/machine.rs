@@ -199,7 +199,7 @@ impl Machine {
                     self.exit_code = Some(0);
                     self.begin_stop(now, &mut acts);
                 }
-                State::Stopping => {
+                State::Stopping | State::Draining => {
                     // A repeated signal neither restarts the timeout nor
                     // replaces a crash status already recorded.
                     self.exit_code.get_or_insert(0);
@@ -281,7 +281,7 @@ impl Machine {
                 }
                 match self.state {
                     State::Running => {}
-                    State::Stopping => self.pending_start = true,
+                    State::Stopping | State::Draining => self.pending_start = true,
                     State::Stopped => acts.push(Action::SpawnMain),
                 }
             }

@@ -2,7 +2,7 @@
 //! bytes to a `ControlCommand`, and a `Status` to the one-line JSON reply.
 //! The client side parses replies with the same definitions.
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 /// The largest datagram read whole; anything longer is ignored unread.
 pub const MAX_DATAGRAM: usize = 64 * 1024;
@@ -52,9 +52,13 @@ fn trim_space(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum State {
     Running,
+    /// Between a SIGTERM and the stop, while a drain or a peer's drain runs
+    /// (SPEC section 8); the job still runs and serves.
+    Draining,
     Stopping,
     Stopped,
 }
@@ -63,23 +67,21 @@ impl State {
     pub fn as_str(self) -> &'static str {
         match self {
             State::Running => "running",
+            State::Draining => "draining",
             State::Stopping => "stopping",
             State::Stopped => "stopped",
         }
     }
 
-    pub fn parse(s: &str) -> Option<State> {
-        match s {
-            "running" => Some(State::Running),
-            "stopping" => Some(State::Stopping),
-            "stopped" => Some(State::Stopped),
-            _ => None,
-        }
+    /// Every client treats a draining job as running (SPEC section 8).
+    pub fn is_up(self) -> bool {
+        matches!(self, State::Running | State::Draining)
     }
 }
 
 /// Where the post-start of the current (or last) start stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PostStart {
     /// No `--post-start-name` given.
     None,
@@ -108,8 +110,46 @@ impl PostStart {
     }
 }
 
+/// Where the drain stands (SPEC section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Drain {
+    /// No `--drain-name` (or `--drain-timeout 0`).
+    None,
+    /// Configured, not started.
+    Ready,
+    /// The script or one of its waits.
+    Running,
+    /// At the pod-wide barrier.
+    Waiting,
+    Done,
+    Failed,
+    TimedOut,
+    Skipped,
+    /// Ended by STOP or by the job's exit.
+    Cancelled,
+}
+
+impl Drain {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drain::None => "none",
+            Drain::Ready => "ready",
+            Drain::Running => "running",
+            Drain::Waiting => "waiting",
+            Drain::Done => "done",
+            Drain::Failed => "failed",
+            Drain::TimedOut => "timed-out",
+            Drain::Skipped => "skipped",
+            Drain::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// What a reply says: the machine's view plus the names it runs under.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One JSON line; fields added later carry serde defaults so that a client
+/// can read an older container-run's reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub state: State,
     pub pid: Option<i32>,
@@ -122,54 +162,32 @@ pub struct Status {
     pub uptime_ms: Option<u64>,
     /// The last exit of the main process: its code, or 128 + signal.
     pub last_exit: Option<u8>,
+    #[serde(default = "no_drain")]
+    pub drain: Drain,
+    /// What is left of the drain's deadline (SIGTERM + `--drain-timeout`)
+    /// while it runs or waits at the barrier.
+    #[serde(default)]
+    pub drain_left_ms: Option<u64>,
+    /// How long this container-run has been up (monit's uptime header).
+    #[serde(default)]
+    pub age_ms: u64,
+}
+
+fn no_drain() -> Drain {
+    Drain::None
 }
 
 impl Status {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "state": self.state.as_str(),
-            "pid": self.pid,
-            "job": self.job,
-            "process": self.process,
-            "starts": self.starts,
-            "hold": self.hold,
-            "pending_start": self.pending_start,
-            "post_start": self.post_start.as_str(),
-            "uptime_ms": self.uptime_ms,
-            "last_exit": self.last_exit,
-        })
-    }
-
-    /// Read a reply line back (the client side); `None` if it is not one.
-    pub fn from_json(v: &Value) -> Option<Status> {
-        let post_start = match v["post_start"].as_str()? {
-            "none" => PostStart::None,
-            "pending" => PostStart::Pending,
-            "running" => PostStart::Running,
-            "done" => PostStart::Done,
-            "failed" => PostStart::Failed,
-            "skipped" => PostStart::Skipped,
-            "cancelled" => PostStart::Cancelled,
-            _ => return None,
-        };
-        Some(Status {
-            state: State::parse(v["state"].as_str()?)?,
-            pid: v["pid"].as_i64().and_then(|p| i32::try_from(p).ok()),
-            job: v["job"].as_str()?.to_string(),
-            process: v["process"].as_str()?.to_string(),
-            starts: v["starts"].as_u64()?,
-            hold: v["hold"].as_bool()?,
-            pending_start: v["pending_start"].as_bool()?,
-            post_start,
-            uptime_ms: v["uptime_ms"].as_u64(),
-            last_exit: v["last_exit"].as_u64().and_then(|c| u8::try_from(c).ok()),
-        })
-    }
-
+    /// The reply datagram: one line of JSON.
     pub fn to_line(&self) -> String {
-        let mut line = self.to_json().to_string();
+        let mut line = serde_json::to_string(self).unwrap_or_default();
         line.push('\n');
         line
+    }
+
+    /// Read a reply back (the client side); `None` if it is not one.
+    pub fn from_line(bytes: &[u8]) -> Option<Status> {
+        serde_json::from_slice(bytes).ok()
     }
 }
 
@@ -201,6 +219,8 @@ mod tests {
         }
     }
 
+    use serde_json::Value;
+
     #[test]
     fn reply_is_one_json_line_with_the_required_fields() {
         let status = Status {
@@ -214,6 +234,9 @@ mod tests {
             post_start: PostStart::Done,
             uptime_ms: Some(1500),
             last_exit: Some(0),
+            drain: Drain::TimedOut,
+            drain_left_ms: Some(12),
+            age_ms: 9000,
         };
         let line = status.to_line();
         assert_eq!(line.matches('\n').count(), 1);
@@ -225,7 +248,8 @@ mod tests {
         assert_eq!(v["starts"], 3);
         assert_eq!(v["hold"], false);
         assert_eq!(v["post_start"], "done");
-        assert_eq!(Status::from_json(&v), Some(status.clone()));
+        assert_eq!(v["drain"], "timed-out");
+        assert_eq!(Status::from_line(line.as_bytes()), Some(status.clone()));
         let stopped = Status {
             state: State::Stopped,
             pid: None,

@@ -51,6 +51,7 @@ pub struct Supervisor {
     signals: SignalFd,
     socket: ControlSocket,
     waiters: Vec<SocketAddr>,
+    born: Instant,
 }
 
 /// Set up everything fallible (signals, directories, socket) before the job
@@ -114,6 +115,7 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
         signals,
         socket,
         waiters: Vec::new(),
+        born: Instant::now(),
     };
     let boot = sup.machine.boot();
     if let Some(code) = sup.execute(boot) {
@@ -302,6 +304,9 @@ impl Supervisor {
                 .uptime(Instant::now())
                 .map(|d| d.as_millis() as u64),
             last_exit: self.machine.last_exit(),
+            drain: crate::protocol::Drain::None,
+            drain_left_ms: None,
+            age_ms: self.born.elapsed().as_millis() as u64,
         }
     }
 

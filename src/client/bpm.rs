@@ -110,7 +110,7 @@ fn print_pid(paths: &Paths) -> u8 {
 }
 
 fn print_running(target: &Target) -> u8 {
-    let running = matches!(query(target), Outcome::Done(s) if s.state == State::Running);
+    let running = matches!(query(target), Outcome::Done(s) if s.state.is_up());
     if std::io::stdout().is_terminal() {
         println!("{}", if running { "yes" } else { "no" });
     }

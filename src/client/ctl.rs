@@ -133,7 +133,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
 
 fn report(target: &Target, outcome: &Outcome, json: bool, verb: Verb) {
     match outcome {
-        Outcome::Done(status) if json => println!("{}", status.to_json()),
+        Outcome::Done(status) if json => print!("{}", status.to_line()),
         Outcome::Done(status) => {
             if verb != Verb::Status {
                 println!("{}: {}", target.label, describe(status));

@@ -190,7 +190,7 @@ impl Session {
             Goal::Ack => true,
             Goal::Reach(state) => status.state == state && !status.pending_start,
             Goal::Restarted => {
-                status.state == State::Running
+                status.state.is_up()
                     && !status.pending_start
                     && self
                         .first
@@ -334,10 +334,7 @@ pub fn drive(
             while s.outcome.is_none() {
                 match sock.recv(&mut buf) {
                     Ok(n) => {
-                        let parsed = serde_json::from_slice(&buf[..n])
-                            .ok()
-                            .and_then(|v| Status::from_json(&v));
-                        if let Some(status) = parsed {
+                        if let Some(status) = Status::from_line(&buf[..n]) {
                             s.on_reply(status);
                         }
                     }
