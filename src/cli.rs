@@ -2,7 +2,9 @@
 //! the step from raw flags to a validated `RunConfig`. Nothing is created or
 //! started before this step has accepted every flag, name and path.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+
+use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -132,9 +134,60 @@ pub struct RunArgs {
     )]
     pub socket_group: Option<String>,
 
+    /// The job's drain script (path or name on PATH), run by the BOSH
+    /// agent's contract on SIGTERM/SIGINT before the job is stopped.
+    #[arg(
+        long = "drain-name",
+        value_name = "CMD",
+        env = "CONTAINER_RUN_DRAIN_NAME"
+    )]
+    pub drain_name: Option<OsString>,
+
+    /// Bound on the drain and the pod-wide barrier together; 0 turns both off.
+    #[arg(
+        long = "drain-timeout",
+        value_name = "DURATION",
+        env = "CONTAINER_RUN_DRAIN_TIMEOUT",
+        default_value = "10m",
+        value_parser = parse_duration
+    )]
+    pub drain_timeout: Duration,
+
+    /// The job is an errand: container-run ends when its process ends, with
+    /// its status, 0 included.
+    #[arg(long, env = "CONTAINER_RUN_ERRAND")]
+    pub errand: bool,
+
+    /// The signal every stop sends first to the job's process group (a name
+    /// such as TERM, INT, QUIT, or a number 1-31).
+    #[arg(
+        long = "stop-signal",
+        value_name = "SIG",
+        env = "CONTAINER_RUN_STOP_SIGNAL",
+        default_value = "TERM",
+        value_parser = parse_stop_signal
+    )]
+    pub stop_signal: Signal,
+
     /// The job's command and its arguments.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
+}
+
+/// The job's command line: a program and its arguments, never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCommand(Vec<OsString>);
+
+impl JobCommand {
+    pub fn new(argv: Vec<OsString>) -> Option<JobCommand> {
+        (!argv.is_empty()).then_some(JobCommand(argv))
+    }
+    pub fn program(&self) -> &OsStr {
+        &self.0[0]
+    }
+    pub fn args(&self) -> &[OsString] {
+        &self.0[1..]
+    }
 }
 
 /// A command with its arguments, as the post-start and its condition are given.
@@ -150,12 +203,16 @@ pub struct RunConfig {
     pub job: String,
     pub process: String,
     pub paths: Paths,
-    pub command: Vec<OsString>,
+    pub command: JobCommand,
     pub post_start: Option<HookCommand>,
     pub condition: Option<HookCommand>,
     pub stop_timeout: Duration,
     pub post_start_timeout: Duration,
     pub condition_interval: Duration,
+    pub drain: Option<OsString>,
+    pub drain_timeout: Duration,
+    pub errand: bool,
+    pub stop_signal: Signal,
     pub socket_mode: u32,
     pub socket_group: Option<u32>,
     pub debug: bool,
@@ -188,7 +245,8 @@ impl RunArgs {
             job,
             process,
             paths,
-            command: self.command,
+            command: JobCommand::new(self.command)
+                .ok_or_else(|| Fatal::Usage("COMMAND is required".into()))?,
             post_start: self.post_start_name.map(|program| HookCommand {
                 program,
                 args: self.post_start_args,
@@ -200,6 +258,10 @@ impl RunArgs {
             stop_timeout: self.stop_timeout,
             post_start_timeout: self.post_start_timeout,
             condition_interval: self.condition_interval,
+            drain: self.drain_name,
+            drain_timeout: self.drain_timeout,
+            errand: self.errand,
+            stop_signal: self.stop_signal,
             socket_mode: self.socket_mode,
             socket_group: self
                 .socket_group
@@ -278,6 +340,34 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A stop signal as bpm's `shutdown_signal` names it: `TERM`, `sigint`,
+/// `SIGQUIT` or a number 1-31; never one that cannot stop a job (STOP,
+/// CONT, KILL, 0).
+pub fn parse_stop_signal(text: &str) -> Result<Signal, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let signal = match upper.parse::<i32>() {
+        Ok(n) if (1..=31).contains(&n) => Signal::try_from(n).ok(),
+        Ok(_) => None,
+        Err(_) => {
+            let name = if upper.starts_with("SIG") {
+                upper.clone()
+            } else {
+                format!("SIG{upper}")
+            };
+            name.parse::<Signal>().ok()
+        }
+    };
+    match signal {
+        Some(Signal::SIGSTOP | Signal::SIGCONT | Signal::SIGKILL) => Err(format!(
+            "{text:?} cannot be a stop signal (not STOP, CONT or KILL)"
+        )),
+        Some(sig) => Ok(sig),
+        None => Err(format!(
+            "invalid signal {text:?} (a name such as TERM, INT, QUIT, or a number 1-31)"
+        )),
+    }
+}
+
 /// A group number, or a name looked up in /etc/group. Read directly rather
 /// than through the C library's name service, so that a static binary needs
 /// no NSS modules in the job's image.
@@ -312,6 +402,25 @@ pub fn parse_mode(text: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_signals() {
+        for (text, want) in [
+            ("TERM", Signal::SIGTERM),
+            ("int", Signal::SIGINT),
+            ("SIGQUIT", Signal::SIGQUIT),
+            ("sigusr1", Signal::SIGUSR1),
+            ("2", Signal::SIGINT),
+            ("31", Signal::SIGSYS),
+        ] {
+            assert_eq!(parse_stop_signal(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "STOP", "SIGCONT", "kill", "9", "0", "32", "-1", "", "SIGNOPE", "SIG",
+        ] {
+            assert!(parse_stop_signal(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn durations() {
@@ -388,7 +497,8 @@ mod tests {
         let cfg = args.validate().unwrap();
         assert_eq!(cfg.job, "nats");
         assert_eq!(cfg.process, "nats-server");
-        assert_eq!(cfg.command, ["/bin/nats", "--config", "c.yml"]);
+        assert_eq!(cfg.command.program(), "/bin/nats");
+        assert_eq!(cfg.command.args(), ["--config", "c.yml"]);
         let ps = cfg.post_start.unwrap();
         assert_eq!(ps.args, ["-x", "two"]);
         assert_eq!(cfg.condition.unwrap().args, ["-f"]);

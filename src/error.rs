@@ -20,8 +20,8 @@ pub enum Fatal {
 impl Fatal {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Fatal::Usage(_) => 2,
-            Fatal::Setup(_) => 1,
+            Fatal::Usage(_) => crate::exit::USAGE,
+            Fatal::Setup(_) => crate::exit::FAILURE,
             Fatal::Exec { code, .. } => *code,
         }
     }

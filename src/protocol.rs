@@ -158,6 +158,10 @@ pub struct Status {
     pub starts: u64,
     pub hold: bool,
     pub pending_start: bool,
+    /// container-run will exit once the job has stopped (a SIGTERM, an
+    /// errand's end, a crash): a START now is ignored.
+    #[serde(default)]
+    pub exiting: bool,
     pub post_start: PostStart,
     pub uptime_ms: Option<u64>,
     /// The last exit of the main process: its code, or 128 + signal.
@@ -231,6 +235,7 @@ mod tests {
             starts: 3,
             hold: false,
             pending_start: false,
+            exiting: false,
             post_start: PostStart::Done,
             uptime_ms: Some(1500),
             last_exit: Some(0),

@@ -1,11 +1,14 @@
-//! The one event loop (SPEC sections 3-5): a signalfd, the control socket,
-//! the socket directory's inotify watch and the machine's next deadline,
-//! waited on with one `ppoll`. It turns what
-//! happens into `Event`s for the machine and carries out the `Action`s that
-//! come back. Single threaded; with nothing due it sleeps without timeout.
+//! The one event loop (SPEC sections 3-5 and 8): a signalfd, the control
+//! socket, the socket directory's inotify watch, the drain script's stdout
+//! and a round of STATUS to the pod's peers while one is out, and the
+//! earliest deadline, waited on with one `ppoll`. It turns what happens into
+//! `Event`s for the machine and carries out the `Action`s that come back.
+//! Single threaded; with nothing due it sleeps without timeout.
 
 use std::collections::VecDeque;
-use std::os::fd::AsFd;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,12 +20,15 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::time::TimeSpec;
 
 use crate::cli::RunConfig;
+use crate::drain;
 use crate::error::Fatal;
-use crate::machine::{Action, Event, HookKind, Machine, MachineConfig, Pid, Scope};
+use crate::exit;
+use crate::machine::{Action, Child, DrainPlan, Event, Machine, MachineConfig, PostStartPlan};
+use crate::peers::PeerRound;
 use crate::protocol::{ControlCommand, State, Status};
 use crate::socket::ControlSocket;
 use crate::state_files;
-use crate::tree::{self, Output};
+use crate::tree::{self, Inherited, Output, SpawnSpec};
 
 /// Signals container-run reads from its signalfd; they stay blocked in
 /// container-run itself, and are unblocked in every child before exec.
@@ -52,6 +58,10 @@ pub struct Supervisor {
     socket: ControlSocket,
     waiters: Vec<SocketAddr>,
     born: Instant,
+    inherited: Inherited,
+    /// The drain script's stdout while it is open, and what it said so far.
+    drain_out: Option<(std::fs::File, Vec<u8>)>,
+    peers: Option<PeerRound>,
 }
 
 /// Set up everything fallible (signals, directories, socket) before the job
@@ -59,10 +69,13 @@ pub struct Supervisor {
 pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
     // A command that does not exist at all fails before anything is
     // created; one that exists but cannot be executed fails at spawn (126).
-    if find_program(&cfg.command[0]).is_none() {
+    if find_program(cfg.command.program()).is_none() {
         return Err(Fatal::Exec {
-            code: 127,
-            message: format!("{}: command not found", cfg.command[0].to_string_lossy()),
+            code: exit::NOT_FOUND,
+            message: format!(
+                "{}: command not found",
+                cfg.command.program().to_string_lossy()
+            ),
         });
     }
     let mut mask = SigSet::empty();
@@ -82,7 +95,7 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
         log::debug!("child subreaper: orphans of the job are re-parented here");
     }
 
-    tree::record_inherited_dispositions();
+    let inherited = tree::inherited_dispositions();
     let paths = &cfg.paths;
     state_files::prepare_dirs(paths).map_err(|e| {
         Fatal::setup(
@@ -98,16 +111,19 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
     crate::client::bpm::install_shim(paths);
 
     let hold = state_files::hold_in_force(paths);
-    let machine = Machine::new(
-        MachineConfig {
-            stop_timeout: cfg.stop_timeout,
-            post_start_timeout: cfg.post_start_timeout,
-            condition_interval: cfg.condition_interval,
-            has_post_start: cfg.post_start.is_some(),
-            has_condition: cfg.condition.is_some(),
-        },
-        hold,
-    );
+    if hold {
+        log::info!(
+            "STOP marker {} found: staying stopped until `container-run ctl start {}{}`",
+            paths.stopped.display(),
+            cfg.job,
+            if cfg.process == cfg.job {
+                String::new()
+            } else {
+                format!(" -p {}", cfg.process)
+            }
+        );
+    }
+    let machine = Machine::new(machine_config(&cfg), hold);
     log::debug!("control socket {}", socket.path().display());
     let mut sup = Supervisor {
         cfg,
@@ -116,56 +132,121 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
         socket,
         waiters: Vec::new(),
         born: Instant::now(),
+        inherited,
+        drain_out: None,
+        peers: None,
     };
-    let boot = sup.machine.boot();
-    if let Some(code) = sup.execute(boot) {
+    if let Some(code) = sup.feed(Event::Boot) {
         return Ok(code);
     }
     Ok(sup.event_loop())
 }
 
+fn machine_config(cfg: &RunConfig) -> MachineConfig {
+    let post_start = match (&cfg.post_start, &cfg.condition) {
+        (None, _) => PostStartPlan::None,
+        (Some(_), None) => PostStartPlan::Direct,
+        (Some(_), Some(_)) => PostStartPlan::AfterCondition,
+    };
+    let drain = match (&cfg.drain, cfg.drain_timeout) {
+        (_, t) if t.is_zero() => DrainPlan::Off,
+        (Some(_), timeout) => DrainPlan::Script { timeout },
+        (None, timeout) => DrainPlan::Barrier { timeout },
+    };
+    MachineConfig {
+        stop_timeout: cfg.stop_timeout,
+        post_start_timeout: cfg.post_start_timeout,
+        condition_interval: cfg.condition_interval,
+        post_start,
+        drain,
+        errand: cfg.errand,
+        stop_signal: cfg.stop_signal,
+    }
+}
+
 impl Supervisor {
     fn event_loop(&mut self) -> u8 {
         loop {
-            let timeout = self
-                .machine
-                .next_deadline()
+            let deadline = [
+                self.machine.next_deadline(),
+                self.peers.as_ref().map(PeerRound::deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let timeout = deadline
                 .map(|d| TimeSpec::from_duration(d.saturating_duration_since(Instant::now())));
-            let (signals_ready, socket_ready, watch_ready) = {
-                let watch = self.socket.watch_fd();
-                let mut fds = [
-                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(watch.unwrap_or(self.signals.as_fd()), PollFlags::POLLIN),
+            let ready = {
+                // Optional sources take the signalfd's place when absent,
+                // so that the array keeps its shape; their readiness is
+                // then ignored.
+                let signals = self.signals.as_fd();
+                let optional = [
+                    self.socket.watch_fd(),
+                    self.drain_out.as_ref().map(|(f, _)| f.as_fd()),
+                    self.peers.as_ref().map(PeerRound::as_fd),
                 ];
-                let used = if watch.is_some() { 3 } else { 2 };
-                match ppoll(&mut fds[..used], timeout, None) {
+                let mut fds = [
+                    PollFd::new(signals, PollFlags::POLLIN),
+                    PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(optional[0].unwrap_or(signals), PollFlags::POLLIN),
+                    PollFd::new(optional[1].unwrap_or(signals), PollFlags::POLLIN),
+                    PollFd::new(optional[2].unwrap_or(signals), PollFlags::POLLIN),
+                ];
+                match ppoll(&mut fds, timeout, None) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => continue,
                     Err(e) => log::warn!("ppoll: {e}"),
                 }
-                let ready = |i: usize| {
-                    fds[..used]
-                        .get(i)
-                        .and_then(PollFd::revents)
-                        .is_some_and(|r| !r.is_empty())
-                };
-                (ready(0), ready(1), ready(2))
+                let mut ready = [false; 5];
+                for (i, fd) in fds.iter().enumerate() {
+                    let present = i < 2 || optional[i - 2].is_some();
+                    ready[i] = present && fd.revents().is_some_and(|r| !r.is_empty());
+                }
+                ready
             };
-            if watch_ready {
+            if ready[2] {
                 self.socket.on_watch_event();
             }
-            if signals_ready && let Some(code) = self.handle_signals() {
-                return self.exit(code);
-            }
-            if socket_ready && let Some(code) = self.handle_datagrams() {
-                return self.exit(code);
-            }
-            if let Some(code) = self.feed(Event::Tick) {
-                return self.exit(code);
+            if let Some(code) = self.turn(ready) {
+                self.notify_waiters();
+                return code;
             }
             self.notify_waiters();
         }
+    }
+
+    /// One turn of the loop: every ready source, then due deadlines.
+    /// `Some(code)` when container-run is to exit.
+    fn turn(&mut self, ready: [bool; 5]) -> Option<u8> {
+        if ready[0]
+            && let Some(code) = self.handle_signals()
+        {
+            return Some(code);
+        }
+        if ready[1]
+            && let Some(code) = self.handle_datagrams()
+        {
+            return Some(code);
+        }
+        if ready[3]
+            && let Some(code) = self.read_drain_output()
+        {
+            return Some(code);
+        }
+        if let Some(round) = self.peers.as_mut() {
+            if ready[4] {
+                round.on_readable();
+            }
+            if round.complete(Instant::now()) {
+                let tally = round.tally();
+                self.peers = None;
+                if let Some(code) = self.feed(Event::PeersAnswered(tally)) {
+                    return Some(code);
+                }
+            }
+        }
+        self.feed(Event::Tick)
     }
 
     fn handle_signals(&mut self) -> Option<u8> {
@@ -182,7 +263,7 @@ impl Supervisor {
                             continue;
                         }
                         Signal::SIGTERM | Signal::SIGINT => {
-                            log::info!("received {}: stopping", sig.as_str());
+                            log::info!("received {}", sig.as_str());
                             Event::Shutdown
                         }
                         other => {
@@ -235,15 +316,13 @@ impl Supervisor {
             let Some(command) = command else {
                 continue;
             };
-            let exit = self.feed(Event::Command(command));
-            // Logged after the command took effect, so that the write does
-            // not delay a stop. Probes send STATUS every few seconds: keep
-            // those out of the log.
+            // Probes send STATUS every few seconds: keep those out of the log.
             if command == ControlCommand::Status {
                 log::debug!("received STATUS");
             } else {
                 log::info!("received {}", command.as_str());
             }
+            let exit = self.feed(Event::Command(command));
             // Building the JSON line only for a sender that can be answered.
             if !sender.is_unnamed() {
                 self.socket.reply(&sender, &self.status().to_line());
@@ -260,6 +339,30 @@ impl Supervisor {
             }
         }
         None
+    }
+
+    /// Read what the drain script printed; at end of file, hand it to the
+    /// machine. More than the contract allows is kept only as "too much".
+    fn read_drain_output(&mut self) -> Option<u8> {
+        let (file, buf) = self.drain_out.as_mut()?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match file.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let room = (drain::MAX_OUTPUT + 1).saturating_sub(buf.len());
+                    buf.extend_from_slice(&chunk[..n.min(room)]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("reading the drain script's output: {e}");
+                    break;
+                }
+            }
+        }
+        let (_, out) = self.drain_out.take()?;
+        self.feed(Event::DrainOutput(out))
     }
 
     fn add_waiter(&mut self, sender: SocketAddr) {
@@ -284,29 +387,25 @@ impl Supervisor {
         }
     }
 
-    fn exit(&mut self, code: u8) -> u8 {
-        self.notify_waiters();
-        code
-    }
-
     pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let snap = self.machine.snapshot(now);
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
         Status {
-            state: self.machine.state(),
-            pid: self.machine.main_pid(),
+            state: snap.state,
+            pid: snap.pid,
             job: self.cfg.job.clone(),
             process: self.cfg.process.clone(),
-            starts: self.machine.starts(),
-            hold: self.machine.hold(),
-            pending_start: self.machine.pending_start(),
-            post_start: self.machine.post_start(),
-            uptime_ms: self
-                .machine
-                .uptime(Instant::now())
-                .map(|d| d.as_millis() as u64),
-            last_exit: self.machine.last_exit(),
-            drain: crate::protocol::Drain::None,
-            drain_left_ms: None,
-            age_ms: self.born.elapsed().as_millis() as u64,
+            starts: snap.starts,
+            hold: snap.hold,
+            pending_start: snap.pending_start,
+            exiting: snap.exiting,
+            post_start: snap.post_start,
+            uptime_ms: snap.uptime.map(ms),
+            last_exit: snap.last_exit,
+            drain: snap.drain,
+            drain_left_ms: snap.drain_left.map(ms),
+            age_ms: ms(now.saturating_duration_since(self.born)),
         }
     }
 
@@ -315,28 +414,32 @@ impl Supervisor {
         self.execute(actions)
     }
 
-    /// Carry out actions in order; a spawn's outcome goes back to the
-    /// machine at once, and the actions it returns join the queue.
+    /// Carry out actions in order; what an action reports (a spawn's pid, a
+    /// file that could not be written) goes back to the machine at once,
+    /// and the actions that returns join the queue.
     fn execute(&mut self, actions: Vec<Action>) -> Option<u8> {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
             let follow_up = match action {
-                Action::SpawnMain => Some(self.spawn_main()),
-                Action::SpawnHook(kind) => Some(self.spawn_hook(kind)),
-                Action::Signal(scope, sig) => {
-                    for g in self.groups(scope) {
-                        tree::signal_group(g, sig);
-                    }
+                Action::Spawn(child) => Some(self.spawn(child)),
+                Action::Signal { group, signal } => {
+                    tree::signal_group(group, signal);
                     None
                 }
-                Action::Terminate => {
-                    tree::terminate(&self.groups(Scope::Job));
+                Action::Terminate {
+                    job,
+                    helpers,
+                    signal,
+                    spare,
+                } => {
+                    tree::terminate(job, &helpers, signal, spare);
                     None
                 }
-                Action::KillTree => {
-                    tree::kill_tree(&self.groups(Scope::Job));
+                Action::KillTree { groups, spare } => {
+                    tree::kill_tree(&groups, spare);
                     None
                 }
+                Action::AskPeers => self.ask_peers(),
                 Action::WriteRunFiles(pid) => {
                     if let Err(e) = state_files::write_run_files(&self.cfg.paths, pid) {
                         log::error!("cannot write the sentinel or pidfile: {e}");
@@ -349,12 +452,16 @@ impl Supervisor {
                     }
                     None
                 }
-                Action::WriteHold => {
-                    if let Err(e) = state_files::write_hold(&self.cfg.paths) {
-                        log::error!("cannot write the STOP marker: {e}");
+                Action::WriteHold => match state_files::write_hold(&self.cfg.paths) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        log::error!(
+                            "cannot write the STOP marker {}: {e}",
+                            self.cfg.paths.stopped.display()
+                        );
+                        Some(Event::HoldNotWritten)
                     }
-                    None
-                }
+                },
                 Action::RemoveHold => {
                     if let Err(e) = state_files::remove_hold(&self.cfg.paths) {
                         log::error!("cannot remove the STOP marker: {e}");
@@ -370,76 +477,142 @@ impl Supervisor {
         None
     }
 
-    fn groups(&self, scope: Scope) -> Vec<Pid> {
-        let main = self.machine.main_group();
-        let hook = self.machine.hook_group();
-        match scope {
-            Scope::Main => main.into_iter().collect(),
-            Scope::Job => main.into_iter().chain(hook).collect(),
-        }
-    }
-
-    fn spawn_main(&mut self) -> Event {
-        let (program, args) = self
-            .cfg
-            .command
-            .split_first()
-            .expect("clap requires COMMAND");
-        match tree::spawn(program, args, Output::Inherit) {
-            Ok(pid) => {
-                log::info!(
-                    "started {} as pid {pid} (job {}, process {})",
-                    program.to_string_lossy(),
-                    self.cfg.job,
-                    self.cfg.process
-                );
-                Event::MainSpawned(pid)
+    /// Start a round of STATUS to the pod's peers; with none to ask, the
+    /// answer is known at once.
+    fn ask_peers(&mut self) -> Option<Event> {
+        let data_dir = self.cfg.paths.base.join("data");
+        match PeerRound::start(&data_dir, &self.cfg.paths.socket, Instant::now()) {
+            Ok(round) if round.complete(Instant::now()) => {
+                Some(Event::PeersAnswered(round.tally()))
+            }
+            Ok(round) => {
+                self.peers = Some(round);
+                None
             }
             Err(e) => {
-                log::error!("{}", e.message);
-                Event::MainSpawnFailed(e.code)
+                log::warn!("cannot ask the pod's other container-runs: {e}; not waiting for them");
+                Some(Event::PeersAnswered(Default::default()))
             }
         }
     }
 
-    fn spawn_hook(&mut self, kind: HookKind) -> Event {
-        let hook = match kind {
-            HookKind::PostStart => self.cfg.post_start.as_ref(),
-            HookKind::Condition => self.cfg.condition.as_ref(),
-        }
-        .expect("the machine asks only for configured hooks");
-        if kind == HookKind::PostStart && find_program(&hook.program).is_none() {
-            log::info!(
-                "post-start {} not found: skipped",
-                hook.program.to_string_lossy()
-            );
-            return Event::PostStartMissing;
-        }
-        let output = match kind {
-            HookKind::PostStart => Output::Inherit,
-            HookKind::Condition => Output::Discard,
+    fn spawn(&mut self, child: Child) -> Event {
+        let cfg = &self.cfg;
+        let (program, args, output): (&OsStr, Vec<&OsStr>, Output) = match child {
+            Child::Main => (
+                cfg.command.program(),
+                cfg.command.args().iter().map(|a| a.as_os_str()).collect(),
+                Output::Inherit,
+            ),
+            Child::Condition | Child::PostStart => {
+                let hook = match child {
+                    Child::Condition => cfg.condition.as_ref(),
+                    _ => cfg.post_start.as_ref(),
+                };
+                let Some(hook) = hook else {
+                    return Event::Missing(child);
+                };
+                let output = if child == Child::Condition {
+                    Output::Discard
+                } else {
+                    Output::Inherit
+                };
+                (
+                    hook.program.as_os_str(),
+                    hook.args.iter().map(|a| a.as_os_str()).collect(),
+                    output,
+                )
+            }
+            Child::Drain(call) => {
+                let Some(program) = cfg.drain.as_ref() else {
+                    return Event::Missing(child);
+                };
+                (
+                    program.as_os_str(),
+                    call.args().into_iter().map(OsStr::new).collect(),
+                    Output::Capture,
+                )
+            }
         };
-        match tree::spawn(&hook.program, &hook.args, output) {
-            Ok(pid) => {
-                log::debug!(
-                    "started {kind:?} {} as pid {pid}",
-                    hook.program.to_string_lossy()
-                );
-                if kind == HookKind::PostStart {
-                    log::info!("running post-start {}", hook.program.to_string_lossy());
+        // The post-start and the drain are looked up when they are due;
+        // a missing one is skipped (SPEC sections 5 and 8).
+        if matches!(child, Child::PostStart | Child::Drain(_)) && find_program(program).is_none() {
+            log::info!(
+                "{} {} not found: skipped",
+                what(child),
+                program.to_string_lossy()
+            );
+            return Event::Missing(child);
+        }
+        let drain_env = [drain::JOB_STATE];
+        let is_drain = matches!(child, Child::Drain(_));
+        let spec = SpawnSpec {
+            program,
+            args,
+            output,
+            env_add: if is_drain { &drain_env } else { &[] },
+            env_remove: if is_drain {
+                &[drain::NO_NEXT_STATE]
+            } else {
+                &[]
+            },
+        };
+        match tree::spawn(&spec, &self.inherited) {
+            Ok(spawned) => {
+                match child {
+                    Child::Main => log::info!(
+                        "running {} as pid {} (job {}, process {})",
+                        program.to_string_lossy(),
+                        spawned.pid,
+                        cfg.job,
+                        cfg.process
+                    ),
+                    Child::Condition => {
+                        log::debug!("post-start condition runs as pid {}", spawned.pid)
+                    }
+                    _ => log::info!(
+                        "running {} {} as pid {}",
+                        what(child),
+                        program.to_string_lossy(),
+                        spawned.pid
+                    ),
                 }
-                Event::HookSpawned(kind, pid)
+                if let Some(fd) = spawned.stdout {
+                    self.drain_out = Some((nonblocking(fd), Vec::new()));
+                }
+                Event::Spawned(child, spawned.pid)
             }
             Err(e) => {
-                log::error!("{kind:?}: {}", e.message);
-                Event::HookSpawnFailed(kind)
+                log::error!("{}: {}", what(child), e.message);
+                Event::SpawnFailed(child, e.code)
             }
         }
     }
 }
 
-/// A command "exists as a path or on PATH" (the post-start, the job).
-fn find_program(program: &std::ffi::OsStr) -> Option<PathBuf> {
+fn what(child: Child) -> &'static str {
+    match child {
+        Child::Main => "job",
+        Child::Condition => "post-start condition",
+        Child::PostStart => "post-start",
+        Child::Drain(_) => "drain",
+    }
+}
+
+fn nonblocking(fd: OwnedFd) -> std::fs::File {
+    let file = std::fs::File::from(fd);
+    if let Err(e) = nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    ) {
+        log::warn!("cannot make the drain's output non-blocking: {e}");
+    }
+    file
+}
+
+/// A command "exists as a path or on PATH" (the post-start, the drain, the
+/// job).
+fn find_program(program: &OsStr) -> Option<PathBuf> {
     let p = std::path::Path::new(program);
     if program.as_encoded_bytes().contains(&b'/') {
         return p.exists().then(|| p.to_path_buf());

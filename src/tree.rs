@@ -3,25 +3,72 @@
 //! /proc, and reaping. Nothing else in container-run sends a signal or calls
 //! waitpid.
 
-use std::ffi::OsString;
+use std::ffi::OsStr;
+use std::fmt;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid as NixPid;
 
-use crate::machine::{Exit, Pid};
+use crate::exit;
+
+pub type Pid = i32;
+
+/// How a child ended: a fact of the wait status, kept whole so that logs
+/// can say "killed by signal 9 (SIGKILL)" rather than guess from 137.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(u8),
+    Signal(u8),
+}
+
+impl fmt::Display for Exit {
+    /// "exited with status 3" or "was killed by signal 9 (SIGKILL)".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Exit::Code(c) => write!(f, "exited with status {c}"),
+            Exit::Signal(s) => {
+                write!(f, "was killed by signal {s}")?;
+                match Signal::try_from(i32::from(s)) {
+                    Ok(sig) => write!(f, " ({})", sig.as_str()),
+                    Err(_) => Ok(()),
+                }
+            }
+        }
+    }
+}
 
 /// How a child's output is wired: the job and the post-start share
-/// container-run's stdout/stderr; the condition's output is discarded.
+/// container-run's stdout/stderr; the condition's output is discarded; the
+/// drain script's stdout is read by container-run (its stderr is shared).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
     Inherit,
     Discard,
+    Capture,
+}
+
+/// A child to start: the command, how its output is wired, and what its
+/// environment adds to or removes from container-run's.
+#[derive(Debug)]
+pub struct SpawnSpec<'a> {
+    pub program: &'a OsStr,
+    pub args: Vec<&'a OsStr>,
+    pub output: Output,
+    pub env_add: &'a [(&'a str, &'a str)],
+    pub env_remove: &'a [&'a str],
+}
+
+/// A started child; `stdout` is the read end of its stdout with `Capture`.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: Pid,
+    pub stdout: Option<OwnedFd>,
 }
 
 /// Why a spawn failed, as the exit code an operator expects (126/127).
@@ -31,11 +78,23 @@ pub struct SpawnError {
     pub message: String,
 }
 
-/// Start `program` in a new process group, with default signal dispositions,
+/// The signals whose disposition container-run inherited as something other
+/// than SIG_DFL (ignored, mostly; SIGPIPE by the Rust runtime): all that a
+/// child has to reset, since container-run installs no handler of its own.
+#[derive(Debug, Clone, Default)]
+pub struct Inherited(Vec<libc::c_int>);
+
+/// Start a child in a new process group, with default signal dispositions,
 /// an empty signal mask, stdin from /dev/null and a parent-death signal.
-pub fn spawn(program: &OsString, args: &[OsString], output: Output) -> Result<Pid, SpawnError> {
-    let mut cmd = Command::new(program);
-    cmd.args(args).process_group(0);
+pub fn spawn(spec: &SpawnSpec, inherited: &Inherited) -> Result<Spawned, SpawnError> {
+    let mut cmd = Command::new(spec.program);
+    cmd.args(&spec.args).process_group(0);
+    for (k, v) in spec.env_add {
+        cmd.env(k, v);
+    }
+    for k in spec.env_remove {
+        cmd.env_remove(k);
+    }
     match std::fs::File::options()
         .read(true)
         .write(true)
@@ -44,7 +103,7 @@ pub fn spawn(program: &OsString, args: &[OsString], output: Output) -> Result<Pi
         Ok(null) => {
             let stdin = null.try_clone().map(Stdio::from).unwrap_or(Stdio::null());
             cmd.stdin(stdin);
-            if output == Output::Discard {
+            if spec.output == Output::Discard {
                 let out = null.try_clone().map(Stdio::from).unwrap_or(Stdio::null());
                 cmd.stdout(out).stderr(Stdio::from(null));
             }
@@ -56,35 +115,31 @@ pub fn spawn(program: &OsString, args: &[OsString], output: Output) -> Result<Pi
             cmd.stdin(empty_stdin());
         }
     }
+    if spec.output == Output::Capture {
+        cmd.stdout(Stdio::piped());
+    }
+    let signals = inherited.0.clone();
     // SAFETY: the closure runs between fork and exec and makes only
     // async-signal-safe system calls, allocating nothing.
     unsafe {
-        cmd.pre_exec(reset_child_signals);
+        cmd.pre_exec(move || reset_child_signals(&signals));
     }
     match cmd.spawn() {
         // The child is reaped by the supervisor's waitpid(-1) loop, never
         // through `Child`, which is dropped here without waiting.
-        Ok(child) => Ok(child.id() as Pid),
+        Ok(mut child) => Ok(Spawned {
+            pid: child.id() as Pid,
+            stdout: child.stdout.take().map(OwnedFd::from),
+        }),
         Err(err) => {
-            let name = program.to_string_lossy();
-            let (code, what) = match err.raw_os_error() {
-                Some(libc::ENOENT) => (127, "command not found"),
-                Some(libc::EACCES) => (126, "permission denied"),
-                Some(libc::ENOEXEC) => (126, "not an executable format"),
-                _ => (126, "cannot execute"),
-            };
+            let (code, what) = exit::from_spawn_error(&err);
             Err(SpawnError {
                 code,
-                message: format!("{name}: {what} ({err})"),
+                message: format!("{}: {what}", spec.program.to_string_lossy()),
             })
         }
     }
 }
-
-/// The signals whose disposition container-run inherited as something other
-/// than SIG_DFL (ignored, mostly; SIGPIPE by the Rust runtime). container-run
-/// installs no handler of its own, so these are all a child has to reset.
-static INHERITED: OnceLock<Vec<libc::c_int>> = OnceLock::new();
 
 /// The kernel's `struct sigaction`, all zero: SIG_DFL, no flags, empty mask.
 /// The raw system call also reaches the signals that the C library refuses
@@ -110,8 +165,8 @@ fn raw_sigaction(
 }
 
 /// Read container-run's dispositions once, before the first spawn.
-pub fn record_inherited_dispositions() {
-    INHERITED.get_or_init(|| {
+pub fn inherited_dispositions() -> Inherited {
+    Inherited(
         (1..=libc::SIGRTMAX())
             .filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
             .filter(|&sig| {
@@ -119,8 +174,8 @@ pub fn record_inherited_dispositions() {
                 raw_sigaction(sig, None, Some(&mut old));
                 old[0] != 0
             })
-            .collect()
-    });
+            .collect(),
+    )
 }
 
 /// The read end of a pipe whose write end is closed: end-of-file at once.
@@ -134,35 +189,15 @@ fn empty_stdin() -> Stdio {
 /// Between fork and exec. container-run blocks the signals it reads through
 /// its signalfd; the child must not inherit that mask (a blocked SIGTERM
 /// would never stop the job), nor any disposition container-run inherited.
-fn reset_child_signals() -> io::Result<()> {
+fn reset_child_signals(inherited: &[libc::c_int]) -> io::Result<()> {
     let default_action: KernelSigaction = [0; 4];
-    match INHERITED.get() {
-        Some(signals) => {
-            for &sig in signals {
-                raw_sigaction(sig, Some(&default_action), None);
-            }
-        }
-        None => {
-            for sig in 1..=libc::SIGRTMAX() {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    raw_sigaction(sig, Some(&default_action), None);
-                }
-            }
-        }
+    for &sig in inherited {
+        raw_sigaction(sig, Some(&default_action), None);
     }
-    // SAFETY: plain system calls on this process's own signal state.
-    unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // If container-run is killed outright, the job must not run on
-        // unsupervised.
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    // If container-run is killed outright, the job must not run on
+    // unsupervised.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
     Ok(())
 }
 
@@ -225,113 +260,92 @@ fn read_proc() -> Vec<ProcEntry> {
 
 /// The children of `pid`, from the `children` file of each of its threads;
 /// `None` when the kernel does not provide them.
-fn children_of(pid: Pid) -> Option<Vec<Pid>> {
+fn children_files(pid: Pid) -> Option<Vec<Pid>> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut kids = Vec::new();
     for task in tasks.flatten() {
-        let file = task.path().join("children");
-        match std::fs::read_to_string(&file) {
+        match std::fs::read_to_string(task.path().join("children")) {
             Ok(text) => kids.extend(
                 text.split_ascii_whitespace()
                     .filter_map(|p| p.parse::<Pid>().ok()),
             ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && pid == own_pid() => return None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(_) => {}
         }
     }
     Some(kids)
 }
 
-fn own_pid() -> Pid {
-    std::process::id() as Pid
-}
-
-/// Every descendant of `root` in `procs`, at any depth (pure, for tests).
-pub fn descendants_in(procs: &[ProcEntry], root: Pid) -> Vec<ProcEntry> {
-    let mut found: Vec<ProcEntry> = Vec::new();
-    let mut frontier = vec![root];
-    while let Some(parent) = frontier.pop() {
-        for p in procs.iter().filter(|p| p.ppid == parent && p.pid != root) {
-            if !found.iter().any(|f| f.pid == p.pid) {
-                found.push(*p);
-                frontier.push(p.pid);
-            }
+/// Every descendant of `root` at any depth, given a source of children
+/// (pure, for tests). A pid seen twice (a race with /proc) counts once.
+pub fn walk(root: Pid, mut children: impl FnMut(Pid) -> Vec<Pid>) -> Vec<Pid> {
+    let mut found: Vec<Pid> = Vec::new();
+    let mut frontier = children(root);
+    while let Some(pid) = frontier.pop() {
+        if pid == root || found.contains(&pid) {
+            continue;
         }
+        found.push(pid);
+        frontier.extend(children(pid));
     }
     found
 }
 
 /// The live descendants of container-run. Orphans of the job are re-parented
 /// to container-run (a subreaper or PID 1), so this finds whatever escaped
-/// the job's process group with setsid or a double fork. Walks the tree
-/// through the `children` files, so the cost follows the size of the job's
-/// tree, not of the system.
+/// the job's process group with setsid or a double fork. The `children`
+/// files make the cost follow the size of the job's tree, not the system's.
 pub fn descendants() -> Vec<ProcEntry> {
-    let root = own_pid();
-    let Some(first) = children_of(root) else {
-        return descendants_in(&read_proc(), root);
+    let root = std::process::id() as Pid;
+    let pids = if children_files(root).is_some() {
+        walk(root, |pid| children_files(pid).unwrap_or_default())
+    } else {
+        let procs = read_proc();
+        walk(root, |pid| {
+            procs
+                .iter()
+                .filter(|p| p.ppid == pid)
+                .map(|p| p.pid)
+                .collect()
+        })
     };
-    let mut found: Vec<ProcEntry> = Vec::new();
-    let mut frontier = first;
-    while let Some(pid) = frontier.pop() {
-        if found.iter().any(|f| f.pid == pid) {
-            continue;
-        }
-        if let Some(entry) = read_entry(&pid.to_string()) {
-            found.push(entry);
-            frontier.extend(children_of(pid).unwrap_or_default());
-        }
-    }
-    found
+    pids.iter()
+        .filter_map(|pid| read_entry(&pid.to_string()))
+        .collect()
 }
 
-/// Send `signals` in order to the groups, then to every descendant outside
-/// them. The groups come first: they are known without reading /proc.
-fn signal_tree(groups: &[Pid], signals: &[Signal]) {
-    for &g in groups {
-        for &sig in signals {
-            signal_group(g, sig);
-        }
+/// The start of a stop: `signal` to the job's group, SIGTERM to the
+/// helpers' groups, SIGCONT to both (a process stopped with SIGSTOP must act
+/// on what it was sent), then SIGTERM and SIGCONT to every descendant that
+/// escaped those groups, except the group `spare`. The groups come first:
+/// they are known without reading /proc.
+pub fn terminate(job: Pid, helpers: &[Pid], signal: Signal, spare: Option<Pid>) {
+    signal_group(job, signal);
+    signal_group(job, Signal::SIGCONT);
+    for &g in helpers {
+        signal_group(g, Signal::SIGTERM);
+        signal_group(g, Signal::SIGCONT);
     }
     for p in descendants() {
-        if !groups.contains(&p.pgrp) {
-            for &sig in signals {
-                signal_pid(p.pid, sig);
-            }
+        if p.pgrp != job && !helpers.contains(&p.pgrp) && Some(p.pgrp) != spare {
+            signal_pid(p.pid, Signal::SIGTERM);
+            signal_pid(p.pid, Signal::SIGCONT);
         }
     }
 }
 
-/// The start of a stop: SIGTERM, then SIGCONT so that a process stopped
-/// with SIGSTOP acts on it, to the groups and to everything that escaped.
-pub fn terminate(groups: &[Pid]) {
-    signal_tree(groups, &[Signal::SIGTERM, Signal::SIGCONT]);
-}
-
-/// SIGKILL to every descendant. Called again after each reap while a stop
-/// is past its timeout, so that processes forked or re-parented during a
-/// sweep are caught by the next one.
-pub fn kill_tree(groups: &[Pid]) {
+/// SIGKILL to the groups and to every descendant outside the group `spare`.
+/// A process that forks between the walk and its SIGKILL is not missed: its
+/// child is re-parented here when it dies, and the machine asks for another
+/// sweep at every reap while children are left.
+pub fn kill_tree(groups: &[Pid], spare: Option<Pid>) {
     for &g in groups {
         signal_group(g, Signal::SIGKILL);
     }
-    // A process may fork between the walk and its SIGKILL; sweep again
-    // until a walk finds nothing new (bounded: SIGKILLed processes cannot
-    // fork, so each sweep can only find what the previous one raced with).
-    let mut killed: Vec<Pid> = Vec::new();
-    for _ in 0..8 {
-        let fresh: Vec<Pid> = descendants()
-            .into_iter()
-            .map(|p| p.pid)
-            .filter(|pid| !killed.contains(pid))
-            .collect();
-        if fresh.is_empty() {
-            break;
+    for p in descendants() {
+        if Some(p.pgrp) != spare {
+            signal_pid(p.pid, Signal::SIGKILL);
         }
-        for &pid in &fresh {
-            signal_pid(pid, Signal::SIGKILL);
-        }
-        killed.extend(fresh);
     }
 }
 
@@ -388,18 +402,31 @@ mod tests {
     }
 
     #[test]
-    fn descendants_at_any_depth() {
-        let p = |pid, ppid| ProcEntry {
-            pid,
-            ppid,
-            pgrp: pid,
+    fn walk_finds_descendants_at_any_depth_once() {
+        // (pid, ppid); 14 appears under two parents, as a race with /proc
+        // can show it.
+        let table = [
+            (10, 1),
+            (11, 10),
+            (12, 11),
+            (20, 2),
+            (13, 1),
+            (14, 11),
+            (14, 12),
+        ];
+        let source = |pid| {
+            table
+                .iter()
+                .filter(|(_, ppid)| *ppid == pid)
+                .map(|(p, _)| *p)
+                .collect()
         };
-        let procs = [p(1, 0), p(10, 1), p(11, 10), p(12, 11), p(20, 2), p(13, 1)];
-        let mut d: Vec<Pid> = descendants_in(&procs, 10).iter().map(|e| e.pid).collect();
+        let mut d = walk(10, source);
         d.sort();
-        assert_eq!(d, [11, 12]);
-        let mut all: Vec<Pid> = descendants_in(&procs, 1).iter().map(|e| e.pid).collect();
+        assert_eq!(d, [11, 12, 14]);
+        let mut all = walk(1, source);
         all.sort();
-        assert_eq!(all, [10, 11, 12, 13]);
+        assert_eq!(all, [10, 11, 12, 13, 14]);
+        assert_eq!(walk(99, source), Vec::<Pid>::new());
     }
 }

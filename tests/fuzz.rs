@@ -108,7 +108,7 @@ proptest! {
     ) {
         let status = Status {
             state: [State::Running, State::Draining, State::Stopping, State::Stopped][state],
-            pid, job, process, starts, hold, pending_start: pending,
+            pid, job, process, starts, hold, pending_start: pending, exiting: hold,
             post_start: [PostStart::None, PostStart::Pending, PostStart::Running, PostStart::Done,
                 PostStart::Failed, PostStart::Skipped, PostStart::Cancelled][ps],
             uptime_ms: uptime, last_exit: last,

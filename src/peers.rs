@@ -1,0 +1,163 @@
+//! The pod-wide barrier's view of the other container-runs (SPEC section 8):
+//! one round of STATUS to every control socket under `BASE/data`, answered
+//! within `ANSWER_WITHIN`, counted only when the answer comes from root or
+//! from container-run's own uid (the sender's credentials, read with
+//! SO_PASSCRED): a job user's fake socket that claims to drain is no peer.
+//! The round is non-blocking; the event loop polls its fd and its deadline.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
+};
+
+use crate::machine::Peers;
+use crate::protocol::{Drain, MAX_DATAGRAM, State, Status};
+
+/// How long a peer has to answer before it is taken for no peer.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+
+/// Every `*_containerrun.sock` under `data_dir/*/`, listed anew each round:
+/// a container that starts or ends meanwhile is seen at the next one.
+pub fn pod_sockets(data_dir: &Path) -> Vec<PathBuf> {
+    let Ok(jobs) = std::fs::read_dir(data_dir) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for job in jobs.flatten() {
+        let Ok(files) = std::fs::read_dir(job.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            if f.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with("_containerrun.sock"))
+            {
+                found.push(f.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+pub struct PeerRound {
+    sock: UnixDatagram,
+    /// Peers asked and not yet settled (answered, refused or gone).
+    outstanding: usize,
+    tally: Peers,
+    deadline: Instant,
+    uid: u32,
+}
+
+impl PeerRound {
+    /// Ask every socket under `data_dir` but `own` for its STATUS.
+    pub fn start(data_dir: &Path, own: &Path, now: Instant) -> io::Result<PeerRound> {
+        let sock = bind_reply_address()?;
+        setsockopt(&sock, sockopt::PassCred, &true).map_err(io::Error::from)?;
+        sock.set_nonblocking(true)?;
+        let mut outstanding = 0;
+        for path in pod_sockets(data_dir) {
+            if path == own {
+                continue;
+            }
+            // Refused, missing or full: no peer, this round.
+            if sock.send_to(b"STATUS", &path).is_ok() {
+                outstanding += 1;
+            }
+        }
+        Ok(PeerRound {
+            sock,
+            outstanding,
+            tally: Peers::default(),
+            deadline: now + ANSWER_WITHIN,
+            uid: nix::unistd::geteuid().as_raw(),
+        })
+    }
+
+    /// Read every answer that has arrived.
+    pub fn on_readable(&mut self) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        while self.outstanding > 0 {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let mut space = nix::cmsg_space!(UnixCredentials);
+            let (n, uid) = match recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(msg) => {
+                    let uid = msg.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|m| match m {
+                            ControlMessageOwned::ScmCredentials(cred) => Some(cred.uid()),
+                            _ => None,
+                        })
+                    });
+                    (msg.bytes, uid)
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            self.outstanding -= 1;
+            let trusted = uid.is_some_and(|u| u == 0 || u == self.uid);
+            match Status::from_line(&buf[..n.min(buf.len())]) {
+                Some(status) if trusted => self.count(&status),
+                Some(status) => log::warn!(
+                    "ignoring {}/{}: its answer came from uid {}, not from root or container-run's uid",
+                    status.job,
+                    status.process,
+                    uid.map_or_else(|| "?".to_string(), |u| u.to_string())
+                ),
+                None => {}
+            }
+        }
+    }
+
+    fn count(&mut self, status: &Status) {
+        match status.drain {
+            Drain::Running => self.tally.draining += 1,
+            Drain::Ready if status.state == State::Running => self.tally.ready += 1,
+            _ => {}
+        }
+    }
+
+    /// Every peer settled, or the time to answer is up.
+    pub fn complete(&self, now: Instant) -> bool {
+        self.outstanding == 0 || now >= self.deadline
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub fn tally(&self) -> Peers {
+        self.tally
+    }
+}
+
+impl AsFd for PeerRound {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+/// An abstract address of our own, so that peers can answer: nothing to
+/// clean up, nothing in a directory that others control. The kernel picks
+/// the name (autobind): containers of a pod share abstract names but not
+/// pids, so a name made of our pid could collide with a peer's.
+fn bind_reply_address() -> io::Result<UnixDatagram> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new_unnamed())?;
+    Ok(UnixDatagram::from(fd))
+}
