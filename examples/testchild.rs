@@ -18,6 +18,8 @@
 //!                          supervisors whose run files take no arguments
 //!   --record FILE          append the name of every signal received
 //!   --ready FILE           write our pid once set up
+//!   --exit-on-quit         with --record: exit 0 on SIGQUIT too (a job
+//!                          whose stop signal is QUIT, as nginx's)
 //!   --exit N               exit with N instead of waiting
 //!   --raise SIG            kill ourselves with signal number SIG
 
@@ -219,7 +221,10 @@ fn main() {
         if let Some(path) = &record {
             append(path, sig.as_str());
         }
-        if sig == Signal::SIGTERM || sig == Signal::SIGINT {
+        if sig == Signal::SIGTERM
+            || sig == Signal::SIGINT
+            || (sig == Signal::SIGQUIT && flag("--exit-on-quit"))
+        {
             std::process::exit(0);
         }
     }

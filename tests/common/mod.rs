@@ -138,6 +138,10 @@ impl Builder {
         self.cmd.args(args);
         self
     }
+    pub fn env(mut self, key: &str, value: &str) -> Builder {
+        self.cmd.env(key, value);
+        self
+    }
     pub fn process_name(mut self, p: &str) -> Builder {
         self.cmd.args(["--process-name", p]);
         self.process = p.to_string();
