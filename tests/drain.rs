@@ -431,7 +431,7 @@ fn a_fake_peer_that_claims_to_drain_is_no_peer() {
     std::fs::create_dir_all(&fake_dir).unwrap();
     let sock = fake_dir.join("fake_containerrun.sock");
     let line = r#"{"state":"draining","pid":1,"job":"fake","process":"fake","starts":1,"hold":false,"pending_start":false,"post_start":"none","uptime_ms":1,"last_exit":null,"drain":"running","drain_left_ms":600000,"age_ms":1}"#;
-    let script = format!(
+    let script = concat!(
         "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\n\
          open(sys.argv[1]+'.ready','w').close()\n\
          while True:\n  d,a=s.recvfrom(100)\n  s.sendto(sys.argv[2].encode(),a)\n"
@@ -445,7 +445,7 @@ fn a_fake_peer_that_claims_to_drain_is_no_peer() {
             "--clear-groups",
             "/usr/bin/python3",
             "-c",
-            &script,
+            script,
         ])
         .arg(&sock)
         .arg(line)
