@@ -431,11 +431,9 @@ fn a_fake_peer_that_claims_to_drain_is_no_peer() {
     std::fs::create_dir_all(&fake_dir).unwrap();
     let sock = fake_dir.join("fake_containerrun.sock");
     let line = r#"{"state":"draining","pid":1,"job":"fake","process":"fake","starts":1,"hold":false,"pending_start":false,"post_start":"none","uptime_ms":1,"last_exit":null,"drain":"running","drain_left_ms":600000,"age_ms":1}"#;
-    let script = concat!(
-        "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\n\
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\n\
          open(sys.argv[1]+'.ready','w').close()\n\
-         while True:\n  d,a=s.recvfrom(100)\n  s.sendto(sys.argv[2].encode(),a)\n"
-    );
+         while True:\n  d,a=s.recvfrom(100)\n  s.sendto(sys.argv[2].encode(),a)\n";
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&fake_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let fake = std::process::Command::new("setpriv")
