@@ -89,7 +89,7 @@ fn a_failed_post_start_and_a_stop_timeout_are_logged() {
 #[test]
 fn a_repeated_sigterm_says_how_long_until_sigkill_and_the_hold_names_its_file() {
     let t = TempDir::new();
-    let (mut run, _) = Run::stubborn(&t, "30s");
+    let (run, _) = Run::stubborn(&t, "30s");
     command_until(&client(&run.files.socket), "STOP", "stopping");
     run.signal(libc::SIGTERM);
     wait_until("repeat logged", || {
