@@ -1,21 +1,26 @@
 //! The errors that end container-run before or outside its event loop, and
 //! the one place where each becomes an exit code (SPEC section 7).
 
-use thiserror::Error;
-
-#[derive(Debug, Error)]
+#[derive(Debug)]
 pub enum Fatal {
     /// Bad flags, names, durations or paths: nothing has been created.
-    #[error("{0}")]
     Usage(String),
     /// The environment refused something container-run needs (base
     /// directory, socket in use, a system call at start-up).
-    #[error("{0}")]
     Setup(String),
     /// The job's command could not be executed: 126 or 127.
-    #[error("{message}")]
     Exec { code: u8, message: String },
 }
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fatal::Usage(m) | Fatal::Setup(m) | Fatal::Exec { message: m, .. } => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Fatal {}
 
 impl Fatal {
     pub fn exit_code(&self) -> u8 {

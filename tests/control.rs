@@ -145,7 +145,8 @@ fn flood_of_garbage_with_a_stop_in_the_middle() {
 #[test]
 fn start_during_a_long_stop_starts_once_the_stop_finished() {
     let t = TempDir::new();
-    let (run, first) = Run::stubborn(&t, "500ms");
+    // A stop that lasts until the test ends it: no timing to race with.
+    let (run, first) = Run::stubborn(&t, "1h");
     let c = client(&run.files.socket);
     c.send(b"STOP").unwrap();
     assert_eq!(recv_json(&c)["state"], "stopping");
@@ -154,6 +155,7 @@ fn start_during_a_long_stop_starts_once_the_stop_finished() {
     assert_eq!(s["state"], "stopping");
     assert_eq!(s["pending_start"], true);
     assert_eq!(s["hold"], false);
+    kill(first, libc::SIGKILL);
     let s = run.wait_state("running");
     assert_ne!(s["pid"], first);
     assert!(!alive(first));

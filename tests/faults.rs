@@ -75,8 +75,7 @@ fn deleted_socket_is_bound_again() {
 
 #[test]
 fn read_only_base_directory_is_a_clear_error_and_nothing_starts() {
-    if !is_root() {
-        eprintln!("skipped: needs root to mount a read-only file system");
+    if !require_root("to mount a read-only file system") {
         return;
     }
     let t = TempDir::new();
@@ -115,8 +114,7 @@ fn missing_base_directory_is_created() {
 
 #[test]
 fn sigkill_as_pid_1_leaves_no_process_of_the_tree() {
-    if !is_root() {
-        eprintln!("skipped: needs root for unshare --pid");
+    if !require_root("for unshare --pid") {
         return;
     }
     let t = TempDir::new();

@@ -61,8 +61,7 @@ fn nspid_line(pid: i32) -> String {
 
 #[test]
 fn as_pid_1_it_reaps_orphans_and_exits_zero_on_sigterm() {
-    if !is_root() {
-        eprintln!("skipped: needs root for unshare --pid");
+    if !require_root("for unshare --pid") {
         return;
     }
     let t = TempDir::new();
@@ -113,8 +112,7 @@ fn as_pid_1_it_reaps_orphans_and_exits_zero_on_sigterm() {
 
 #[test]
 fn as_pid_1_stop_and_start_kill_escaped_grandchildren() {
-    if !is_root() {
-        eprintln!("skipped: needs root for unshare --pid");
+    if !require_root("for unshare --pid") {
         return;
     }
     let t = TempDir::new();

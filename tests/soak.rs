@@ -55,5 +55,11 @@ fn stop_start_cycles_leave_no_process_fd_or_memory_behind() {
         at_100.1
     );
     assert_eq!(fds, at_100.0, "file descriptors leaked");
-    assert!(rss <= at_100.1, "RSS grew from {} kB to {rss} kB", at_100.1);
+    // Two pages of allocator noise are not growth; a leak per cycle is
+    // thousands of cycles' worth of pages.
+    assert!(
+        rss <= at_100.1 + 8,
+        "RSS grew from {} kB to {rss} kB",
+        at_100.1
+    );
 }

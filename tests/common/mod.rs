@@ -292,8 +292,21 @@ impl Drop for Run {
     }
 }
 
-/// Tests that need root (namespaces, other users, mounts) skip with a
-/// message without it; CI runs as root.
+/// Whether a test that needs root (namespaces, other users, mounts) can do
+/// its real check. Without root it is skipped with a message, except under
+/// CI (which runs as root), where it fails instead of passing silently.
+pub fn require_root(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "needs root {why}, and CI must run as root"
+    );
+    eprintln!("skipped: needs root {why}");
+    false
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
