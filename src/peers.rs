@@ -55,28 +55,34 @@ pub struct PeerRound {
 }
 
 impl PeerRound {
-    /// Ask every socket under `data_dir` but `own` for its STATUS.
-    pub fn start(data_dir: &Path, own: &Path, now: Instant) -> io::Result<PeerRound> {
+    /// Ask every socket under `data_dir` but `own` for its STATUS; `None`
+    /// when there is no other socket to ask (nothing is created then, so a
+    /// container-run alone in its pod stops as fast as without a barrier).
+    pub fn start(data_dir: &Path, own: &Path, now: Instant) -> io::Result<Option<PeerRound>> {
+        let others: Vec<PathBuf> = pod_sockets(data_dir)
+            .into_iter()
+            .filter(|p| p != own)
+            .collect();
+        if others.is_empty() {
+            return Ok(None);
+        }
         let sock = bind_reply_address()?;
         setsockopt(&sock, sockopt::PassCred, &true).map_err(io::Error::from)?;
         sock.set_nonblocking(true)?;
         let mut outstanding = 0;
-        for path in pod_sockets(data_dir) {
-            if path == own {
-                continue;
-            }
+        for path in others {
             // Refused, missing or full: no peer, this round.
             if sock.send_to(b"STATUS", &path).is_ok() {
                 outstanding += 1;
             }
         }
-        Ok(PeerRound {
+        Ok(Some(PeerRound {
             sock,
             outstanding,
             tally: Peers::default(),
             deadline: now + ANSWER_WITHIN,
             uid: nix::unistd::geteuid().as_raw(),
-        })
+        }))
     }
 
     /// Read every answer that has arrived.

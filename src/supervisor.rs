@@ -482,10 +482,11 @@ impl Supervisor {
     fn ask_peers(&mut self) -> Option<Event> {
         let data_dir = self.cfg.paths.base.join("data");
         match PeerRound::start(&data_dir, &self.cfg.paths.socket, Instant::now()) {
-            Ok(round) if round.complete(Instant::now()) => {
+            Ok(None) => Some(Event::PeersAnswered(Default::default())),
+            Ok(Some(round)) if round.complete(Instant::now()) => {
                 Some(Event::PeersAnswered(round.tally()))
             }
-            Ok(round) => {
+            Ok(Some(round)) => {
                 self.peers = Some(round);
                 None
             }
