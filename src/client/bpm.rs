@@ -134,15 +134,14 @@ fn print_running(target: &Target) -> u8 {
     if running { 0 } else { 1 }
 }
 
-/// `bpm list`: every container-run of the pod, asked at once. bpm's own
-/// statuses, as an operator reads them: `running` while the main process
-/// lives; `failed` when no container-run answers at a socket that is still
-/// there (it was killed, or it hangs), which is also how a job that ended by
-/// itself with a non-zero status looks, since container-run then exits
-/// (SPEC section 4); otherwise `stopped` (an operator's STOP, a TERM such as
-/// `bpm stop`, or an exit 0). A live container-run's non-zero `last_exit` is
-/// therefore the stop signal's doing and reads `stopped`, as after bpm's own
-/// `bpm stop`.
+/// `bpm list`: every container-run of the pod, asked at once, in bpm's own
+/// statuses: `running` while the main process lives; `failed` when nobody
+/// answers at a socket that is still there (a container-run killed
+/// outright, or hung); otherwise `stopped`. A job that ends by itself with a
+/// non-zero status makes container-run exit and remove its socket (SPEC
+/// section 4), so a live container-run's non-zero `last_exit` is the stop
+/// signal's doing (STOP, TERM, `bpm stop`) and reads `stopped`, as bpm
+/// shows a job after `bpm stop`.
 fn list(base: &Path) -> Result<u8, Fatal> {
     let targets = pod_targets(base)?;
     let outcomes = drive(
