@@ -285,6 +285,66 @@ fn stop_is_a_hold_and_start_all_lifts_it() {
 }
 
 #[test]
+fn statuses_while_a_stop_runs() {
+    let t = TempDir::new();
+    // Its main process ignores SIGTERM: stopping, with the main process alive.
+    let (stubborn, _) = Run::stubborn(&t, "60s");
+    // Its main process exits on SIGTERM but leaves a grandchild that ignores
+    // it: stopping, main process gone.
+    let grandchild = t.file("grandchild");
+    let mut leaver = Run::builder(t.path(), "leaver")
+        .args(["--stop-timeout", "60s"])
+        .spawn([
+            child().as_os_str(),
+            os("--grandchild"),
+            grandchild.as_os_str(),
+        ]);
+    leaver.wait_running();
+    let gc = wait_pid_file(&grandchild);
+    leaver.track(gc);
+
+    send(&stubborn.files.socket, "TERM");
+    send(&leaver.files.socket, "TERM");
+    wait_until("job stopping, its main process alive", || {
+        let s = stubborn.status();
+        s["state"] == "stopping" && !s["pid"].is_null()
+    });
+    wait_until("leaver stopping, its main process gone", || {
+        let s = leaver.status();
+        s["state"] == "stopping" && s["pid"].is_null()
+    });
+    let (code, out, _) = monit(t.path(), &["summary"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        split_summary(&out),
+        [
+            row("Process", "job", "running"),
+            row("Process", "leaver", "not monitored - stop pending"),
+            system_row(),
+        ]
+        .concat()
+    );
+    let (_, out, _) = bpm_list(t.path());
+    let cells: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(cells[1][0], "job");
+    assert_eq!(cells[1][2], "running");
+    assert_eq!(cells[2], ["leaver", "-", "stopped"]);
+
+    send(&stubborn.files.socket, "START");
+    wait_until("a start pending", || {
+        stubborn.status()["pending_start"] == true
+    });
+    let (_, out, _) = monit(t.path(), &["summary", "job"]);
+    assert_eq!(
+        split_summary(&out),
+        row("Process", "job", "not monitored - start pending")
+    );
+}
+
+#[test]
 fn restart_starts_the_process_again() {
     let t = TempDir::new();
     let run = Run::builder(t.path(), "nats").spawn([child()]);
