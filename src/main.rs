@@ -1,5 +1,5 @@
-//! Dispatch to the supervisor, `ctl`, `bpm` or `probe`, and the one place
-//! where errors become exit codes.
+//! Dispatch to the supervisor, `ctl`, `bpm`, `monit` or `probe`, and the
+//! one place where errors become exit codes.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -20,10 +20,13 @@ fn main() -> ExitCode {
         .unwrap_or_default();
     let result = if invoked_as == "bpm" {
         client::bpm::main(args)
+    } else if invoked_as == "monit" {
+        client::monit::main(args)
     } else {
         match args.get(1).and_then(|a| a.to_str()) {
             Some("ctl") => client::ctl::main(args[1..].to_vec()),
             Some("bpm") => client::bpm::main(args[1..].to_vec()),
+            Some("monit") => client::monit::main(args[1..].to_vec()),
             Some("probe") => client::probe::main(args[1..].to_vec()),
             _ => run(args),
         }

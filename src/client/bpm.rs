@@ -1,7 +1,7 @@
-//! The `bpm` command (SPEC section 6): what BOSH drain scripts and probes
-//! call. `stop` and `term` send TERM, never the operator's hold, because a
-//! preStop drain right before a container restart must not leave the new
-//! container stopped.
+//! The `bpm` command (SPEC sections 6 and 10): what BOSH drain scripts and
+//! probes call. `stop` and `term` send TERM, never the operator's hold,
+//! because a preStop drain right before a container restart must not leave
+//! the new container stopped. `list` prints bpm's table for the whole pod.
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use super::{Goal, Outcome, Target, drive, parse_or_exit, query};
+use super::{Goal, Outcome, Target, drive, main_process_lives, parse_or_exit, pod_targets, query};
 use crate::error::Fatal;
 use crate::paths::Paths;
 use crate::protocol::{ControlCommand, State};
@@ -31,6 +31,8 @@ pub enum Verb {
     Pid,
     /// Exit 0 if the process runs, 1 if not (yes/no on a terminal).
     Running,
+    /// Every job process of the pod: Name, Pid, Status (takes no JOB).
+    List,
 }
 
 #[derive(Debug, Parser)]
@@ -42,9 +44,9 @@ pub enum Verb {
 pub struct BpmArgs {
     #[arg(value_enum)]
     pub verb: Verb,
-    /// The job.
+    /// The job [required, except for list].
     #[arg(value_name = "JOB")]
-    pub job: String,
+    pub job: Option<String>,
     /// The process of the job [default: JOB].
     #[arg(short = 'p', long = "process", value_name = "PROCESS")]
     pub process: Option<String>,
@@ -62,7 +64,21 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
         .clone()
         .or_else(|| base_from_shim_path(Path::new(&invoked_as)))
         .unwrap_or_else(|| PathBuf::from("/var/vcap"));
-    let target = Target::named(&base, &args.job, args.process.as_deref())?;
+    let job = match (args.verb, args.job.as_deref()) {
+        (Verb::List, None) if args.process.is_none() => return list(&base),
+        (Verb::List, _) => {
+            return Err(Fatal::Usage(
+                "list takes no JOB or --process: it lists every job process (see --help)".into(),
+            ));
+        }
+        (_, Some(job)) => job,
+        (_, None) => {
+            return Err(Fatal::Usage(
+                "the following required arguments were not provided: <JOB> (see --help)".into(),
+            ));
+        }
+    };
+    let target = Target::named(&base, job, args.process.as_deref())?;
     let paths = target.paths().expect("a named target has paths");
     let outcome = match args.verb {
         Verb::Pid => return Ok(print_pid(&paths)),
@@ -71,6 +87,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
         Verb::Stop => send(&target, ControlCommand::Term, Goal::Reach(State::Stopped)),
         Verb::Term => send(&target, ControlCommand::Term, Goal::Ack),
         Verb::Quit => send(&target, ControlCommand::Quit, Goal::Ack),
+        Verb::List => unreachable!("list returned above"),
     };
     Ok(match outcome {
         Outcome::Done(_) => 0,
@@ -117,16 +134,89 @@ fn print_running(target: &Target) -> u8 {
     if running { 0 } else { 1 }
 }
 
+/// `bpm list`: every container-run of the pod, asked at once, in bpm's own
+/// statuses: `running` while the main process lives; `failed` when nobody
+/// answers at a socket that is still there (a container-run killed
+/// outright, or hung); otherwise `stopped`. A job that ends by itself with a
+/// non-zero status makes container-run exit and remove its socket (SPEC
+/// section 4), so a live container-run's non-zero `last_exit` is the stop
+/// signal's doing (STOP, TERM, `bpm stop`) and reads `stopped`, as bpm
+/// shows a job after `bpm stop`.
+fn list(base: &Path) -> Result<u8, Fatal> {
+    let targets = pod_targets(base)?;
+    let outcomes = drive(
+        &targets,
+        &[ControlCommand::Status],
+        Goal::Ack,
+        super::ANSWER_TIMEOUT,
+    );
+    let mut rows: Vec<[String; 3]> = targets
+        .iter()
+        .zip(&outcomes)
+        .map(|(target, outcome)| {
+            let name = match target.label.split_once('/') {
+                Some((job, process)) if job == process => job.to_string(),
+                Some((job, process)) => format!("{job}.{process}"),
+                None => target.label.clone(),
+            };
+            let (pid, status) = match outcome {
+                Outcome::Done(s) if main_process_lives(s) => (
+                    s.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                    "running",
+                ),
+                Outcome::Done(_) => ("-".to_string(), "stopped"),
+                Outcome::Failed(why) | Outcome::NoAnswer(why) => {
+                    if matches!(outcome, Outcome::Failed(_)) {
+                        eprintln!("bpm: {}: {why}", target.label);
+                    }
+                    ("-".to_string(), "failed")
+                }
+                Outcome::TimedOut(_) => ("-".to_string(), "failed"),
+            };
+            [name, pid, status.to_string()]
+        })
+        .collect();
+    rows.sort();
+    let mut table = vec![["Name", "Pid", "Status"].map(String::from)];
+    table.extend(rows);
+    print!("{}", tabwrite(&table, 1));
+    Ok(0)
+}
+
+/// Go's `text/tabwriter` as bpm configures it (minwidth 0, tabwidth 0,
+/// padchar ' ', no flags) for rows of equal length: every cell but the last
+/// of a row is padded to its column's widest cell plus `padding`; the last
+/// cell is written as it is. Widths count characters, as Go counts runes.
+pub fn tabwrite<R: AsRef<[String]>>(rows: &[R], padding: usize) -> String {
+    let columns = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns.saturating_sub(1))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.as_ref().get(c))
+                .map(|cell| cell.chars().count() + padding)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let row = row.as_ref();
+        for (i, cell) in row.iter().enumerate() {
+            out.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// `BASE/jobs/bpm/bin/bpm` -> `BASE`, so the shim works under any base
 /// directory without configuration.
 pub fn base_from_shim_path(invoked: &Path) -> Option<PathBuf> {
-    let bin = invoked.parent()?;
-    let bpm = bin.parent()?;
-    let jobs = bpm.parent()?;
-    let names = (bin.file_name()?, bpm.file_name()?, jobs.file_name()?);
-    (names == ("bin".as_ref(), "bpm".as_ref(), "jobs".as_ref()))
-        .then(|| jobs.parent().map(Path::to_path_buf))
-        .flatten()
+    super::base_from_link(invoked, "jobs/bpm/bin/bpm")
 }
 
 /// Install `BASE/jobs/bpm/bin/bpm` as a symbolic link to this executable,
@@ -170,5 +260,57 @@ mod tests {
         );
         assert_eq!(base_from_shim_path(Path::new("bpm")), None);
         assert_eq!(base_from_shim_path(Path::new("/usr/bin/bpm")), None);
+        assert_eq!(
+            base_from_shim_path(Path::new("jobs/bpm/bin/bpm")),
+            Some(PathBuf::from("."))
+        );
+    }
+
+    fn rows(cells: &[&[&str]]) -> Vec<Vec<String>> {
+        cells
+            .iter()
+            .map(|r| r.iter().map(|c| c.to_string()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn tabwriter_layout_is_gos_with_padding_one() {
+        // What Go's tabwriter.NewWriter(w, 0, 0, 1, ' ', 0) prints for the
+        // same cells, each row written as "a\tb\tc\n".
+        let table = rows(&[
+            &["Name", "Pid", "Status"],
+            &["job-process-2", "23456", "created"],
+            &["nats", "-", "failed"],
+        ]);
+        assert_eq!(
+            tabwrite(&table, 1),
+            "Name          Pid   Status\n\
+             job-process-2 23456 created\n\
+             nats          -     failed\n"
+        );
+        // The header alone sets the widths; the last column is never padded.
+        assert_eq!(
+            tabwrite(
+                &rows(&[&["Name", "Pid", "Status"], &["a", "1", "running"]]),
+                1
+            ),
+            "Name Pid Status\na    1   running\n"
+        );
+        assert_eq!(
+            tabwrite(&rows(&[&["Name", "Pid", "Status"]]), 1),
+            "Name Pid Status\n"
+        );
+        // Characters, not bytes.
+        assert_eq!(
+            tabwrite(&rows(&[&["é", "x"], &["ab", "y"]]), 1),
+            "é  x\nab y\n"
+        );
+    }
+
+    #[test]
+    fn list_takes_no_job() {
+        let a = BpmArgs::try_parse_from(["bpm", "list"]).unwrap();
+        assert_eq!(a.verb, Verb::List);
+        assert!(a.job.is_none());
     }
 }

@@ -1,10 +1,12 @@
-//! The operator's side of the control socket (SPEC section 6): `ctl`, `bpm`
-//! and `probe` share one way to reach container-runs, send a command to
-//! each, and wait, on all of them at once, until each has reached the state
-//! asked for. No threads: one `poll` over one socket per target.
+//! The operator's side of the control socket (SPEC sections 6 and 10):
+//! `ctl`, `bpm`, `monit` and `probe` share one way to reach container-runs,
+//! send a command to each, and wait, on all of them at once, until each has
+//! reached the state asked for. No threads: one `poll` over one socket per
+//! target.
 
 pub mod bpm;
 pub mod ctl;
+pub mod monit;
 pub mod probe;
 
 use std::io;
@@ -111,6 +113,42 @@ pub fn all_targets(base: &Path) -> Result<Vec<Target>, Fatal> {
     }
     targets.sort_by(|a, b| a.label.cmp(&b.label));
     Ok(targets)
+}
+
+/// Every container-run of the pod (`all_targets`), none when `BASE/data`
+/// does not exist yet: `monit summary` and `bpm list` then show an empty pod
+/// rather than an error.
+pub fn pod_targets(base: &Path) -> Result<Vec<Target>, Fatal> {
+    let data = crate::cli::absolute(base)?.join("data");
+    match std::fs::symlink_metadata(&data) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        _ => all_targets(base),
+    }
+}
+
+/// `BASE/<link>` -> `BASE`: a compatibility command invoked through the link
+/// container-run installs (`jobs/bpm/bin/bpm`, `bosh/bin/monit`) works under
+/// any base directory without configuration. A relative invocation from
+/// inside BASE gives `.`.
+pub fn base_from_link(invoked: &Path, link: &str) -> Option<PathBuf> {
+    let mut base = invoked;
+    for want in Path::new(link).components().rev() {
+        if base.file_name()? != want.as_os_str() {
+            return None;
+        }
+        base = base.parent()?;
+    }
+    Some(if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base.to_path_buf()
+    })
+}
+
+/// The job's main process is alive: running, draining, or stopping before
+/// it has exited. What `monit` and `bpm list` call running.
+pub fn main_process_lives(s: &Status) -> bool {
+    s.state.is_up() || (s.state == State::Stopping && s.pid.is_some())
 }
 
 /// What a command waits for.
@@ -223,6 +261,11 @@ fn connect(socket: &Path) -> Result<UnixDatagram, Outcome> {
     let sock = UnixDatagram::bind_addr(&addr)
         .map_err(|e| Outcome::Failed(format!("cannot bind a reply address: {e}")))?;
     sock.connect(socket).map_err(|e| send_error(socket, &e))?;
+    // Never block on a send: a socket that nobody reads (a hung or stopped
+    // container-run) fills its queue, and a blocking send would then wait
+    // past every deadline.
+    sock.set_nonblocking(true)
+        .map_err(|e| Outcome::Failed(format!("cannot make the socket non-blocking: {e}")))?;
     Ok(sock)
 }
 
@@ -236,6 +279,9 @@ fn send_error(socket: &Path, e: &io::Error) -> Outcome {
             "nothing listens on {s}: a stale socket file, container-run is not running"
         )),
         Some(libc::ENOTSOCK) => Outcome::NoAnswer(format!("{s} is not a socket")),
+        Some(libc::EAGAIN) => Outcome::NoAnswer(format!(
+            "nobody reads {s}: its queue is full (container-run hangs or is stopped)"
+        )),
         Some(libc::EACCES) | Some(libc::EPERM) => Outcome::Failed(format!(
             "permission denied on {s}: run as the socket's owner or group"
         )),
@@ -273,13 +319,15 @@ pub fn drive(
             } else if now.duration_since(s.sent_at) >= RESEND_EVERY
                 && let Some(sock) = &s.sock
             {
-                if sock
-                    .send(ControlCommand::Status.as_str().as_bytes())
-                    .is_err()
-                {
-                    s.outcome = Some(Outcome::NoAnswer(
-                        "container-run went away from its socket".into(),
-                    ));
+                match sock.send(ControlCommand::Status.as_str().as_bytes()) {
+                    // Its queue is full for now: the next resend tries again.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        s.outcome = Some(Outcome::NoAnswer(
+                            "container-run went away from its socket".into(),
+                        ));
+                    }
+                    Ok(_) => {}
                 }
                 s.sent_at = now;
             }
