@@ -137,6 +137,21 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
+/// Every mode of the binary as one clap command tree, for the completion
+/// scripts and man pages that `examples/generate.rs` makes: the
+/// supervisor's flags at the top, `ctl`, `bpm` and `probe` below it. The
+/// binary itself dispatches on the first word instead (main.rs), so that
+/// each mode keeps its own usage line and exit codes.
+pub fn command_tree() -> clap::Command {
+    use clap::CommandFactory;
+    RunArgs::command()
+        .subcommand(crate::client::ctl::CtlArgs::command().name("ctl"))
+        .subcommand(crate::client::bpm::BpmArgs::command().name("bpm"))
+        .subcommand(crate::client::probe::ProbeArgs::command().name("probe"))
+        .args_conflicts_with_subcommands(true)
+        .subcommand_negates_reqs(true)
+}
+
 /// A command with its arguments, as the post-start and its condition are given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookCommand {

@@ -1,5 +1,9 @@
-//! The errors that end container-run before or outside its event loop, and
-//! the one place where each becomes an exit code (SPEC section 7).
+//! The errors that end container-run before or outside its event loop, the
+//! one place where each becomes an exit code (SPEC section 7), and the one
+//! style of every error line: `PROGRAM: MESSAGE`, where PROGRAM is
+//! `container-run` in every mode, or `bpm` when the binary is invoked as bpm.
+
+use std::sync::OnceLock;
 
 use thiserror::Error;
 
@@ -15,18 +19,83 @@ pub enum Fatal {
     /// The job's command could not be executed: 126 or 127.
     #[error("{message}")]
     Exec { code: u8, message: String },
+    /// A client found no container-run to talk to (no socket at all): 3.
+    #[error("{0}")]
+    NoAnswer(String),
+    /// Not an error: the text that `--help`, `--version` or `help` asked
+    /// for. It comes back to `main` as a value, which prints it on stdout
+    /// and exits 0, so that nothing but `main` ends the process.
+    #[error("{0}")]
+    Shown(String),
 }
 
 impl Fatal {
     pub fn exit_code(&self) -> u8 {
         match self {
+            Fatal::Shown(_) => 0,
             Fatal::Usage(_) => 2,
             Fatal::Setup(_) => 1,
+            Fatal::NoAnswer(_) => 3,
             Fatal::Exec { code, .. } => *code,
         }
     }
 
     pub fn setup(context: impl std::fmt::Display, err: impl std::fmt::Display) -> Fatal {
         Fatal::Setup(format!("{context}: {err}"))
+    }
+}
+
+static PROGRAM: OnceLock<&'static str> = OnceLock::new();
+
+/// Set once by `main`: `bpm` when invoked as bpm, else `container-run`.
+pub fn set_program(name: &'static str) {
+    let _ = PROGRAM.set(name);
+}
+
+/// The name every error line starts with.
+pub fn program() -> &'static str {
+    PROGRAM.get().copied().unwrap_or("container-run")
+}
+
+/// Print one error line on stderr in the house style.
+pub fn report(message: impl std::fmt::Display) {
+    eprintln!("{}: {message}", program());
+}
+
+/// An OS error as one lower-case phrase, without Rust's `(os error N)`
+/// suffix: `permission denied`, `no such file or directory`.
+pub fn os_phrase(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    let text = match text.find(" (os error ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_errors_are_one_phrase() {
+        let e = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(os_phrase(&e), "permission denied");
+        let e = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(os_phrase(&e), "no such file or directory");
+        let e = std::io::Error::other("Custom text");
+        assert_eq!(os_phrase(&e), "custom text");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(Fatal::Shown("help".into()).exit_code(), 0);
+        assert_eq!(Fatal::Usage("x".into()).exit_code(), 2);
+        assert_eq!(Fatal::Setup("x".into()).exit_code(), 1);
+        assert_eq!(Fatal::NoAnswer("x".into()).exit_code(), 3);
     }
 }
