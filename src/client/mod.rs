@@ -404,8 +404,8 @@ pub fn drive(
 }
 
 /// `drive`, calling `progress` with the time waited and what is known of
-/// every target after each turn of the loop (at least every `RESEND_EVERY`
-/// while something is awaited).
+/// every target after each turn of the loop while something is awaited (at
+/// least every `RESEND_EVERY`).
 ///
 /// A first reply is awaited for `ANSWER_TIMEOUT` whatever `timeout` says:
 /// a container-run that answered has received the command, and a wait that
@@ -465,7 +465,9 @@ pub fn drive_with_progress(
                 done: s.outcome.is_some(),
             })
             .collect();
-        progress(now.duration_since(start), &seen);
+        if seen.iter().any(|s| !s.done) {
+            progress(now.duration_since(start), &seen);
+        }
         let open: Vec<usize> = (0..sessions.len())
             .filter(|&i| sessions[i].outcome.is_none())
             .collect();
