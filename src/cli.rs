@@ -17,7 +17,8 @@ Other modes of the same binary:
   container-run ctl start|stop|term|quit|status|restart JOB [-p PROCESS]
   container-run bpm start|stop|term|quit|pid|running JOB [-p PROCESS]
   container-run probe JOB [-p PROCESS] -- CHECK [ARG...]
-  (each has its own --help; invoked as `bpm`, the binary is the bpm command)
+  (each has its own --help, or `container-run help MODE`; invoked as `bpm`,
+  the binary is the bpm command)
 
 Exit codes:
   0        stopped by SIGTERM/SIGINT, everything ended
