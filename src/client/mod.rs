@@ -572,7 +572,9 @@ pub fn format_duration(d: Duration) -> String {
         return if ms < 1000 {
             format!("{ms}ms")
         } else {
-            format!("{:.1}s", d.as_secs_f64())
+            // Integer arithmetic: float formatting would cost the static
+            // binary several kilobytes for one digit.
+            format!("{}.{}s", ms / 1000, ms % 1000 / 100)
         };
     }
     let s = d.as_secs();
