@@ -243,8 +243,13 @@ pub fn validate_name(what: &str, name: &str) -> Result<String, Fatal> {
 /// A relative base directory is taken from the working directory now, so that
 /// every path derived from it stays valid whatever the child does later.
 pub fn absolute(dir: &Path) -> Result<PathBuf, Fatal> {
-    std::path::absolute(dir)
-        .map_err(|e| Fatal::Usage(format!("invalid base directory {}: {e}", dir.display())))
+    std::path::absolute(dir).map_err(|e| {
+        Fatal::Usage(format!(
+            "invalid base directory {}: {}",
+            dir.display(),
+            crate::error::os_phrase(&e)
+        ))
+    })
 }
 
 /// Durations as operators write them: `500ms`, `20s`, `15m`, `1h`, `1m30s`;

@@ -40,8 +40,10 @@ impl Fatal {
         }
     }
 
+    /// `CONTEXT: ERROR`, with an OS error worded once (`permission
+    /// denied`), whether it comes from std or from nix.
     pub fn setup(context: impl std::fmt::Display, err: impl std::fmt::Display) -> Fatal {
-        Fatal::Setup(format!("{context}: {err}"))
+        Fatal::Setup(format!("{context}: {}", phrase(&err.to_string())))
     }
 }
 
@@ -65,15 +67,23 @@ pub fn report(message: impl std::fmt::Display) {
 /// An OS error as one lower-case phrase, without Rust's `(os error N)`
 /// suffix: `permission denied`, `no such file or directory`.
 pub fn os_phrase(err: &std::io::Error) -> String {
-    let text = err.to_string();
-    let text = match text.find(" (os error ") {
-        Some(at) => &text[..at],
-        None => &text,
+    phrase(&err.to_string())
+}
+
+/// std's `Permission denied (os error 13)` and nix's `EACCES: Permission
+/// denied` both become `permission denied`; other text is left as it is.
+fn phrase(text: &str) -> String {
+    let errno_name =
+        |n: &str| n.len() > 1 && n.starts_with('E') && n.bytes().all(|b| b.is_ascii_uppercase());
+    let os = match (text.find(" (os error "), text.split_once(": ")) {
+        (Some(at), _) => &text[..at],
+        (None, Some((name, rest))) if errno_name(name) => rest,
+        _ => return text.to_string(),
     };
-    let mut chars = text.chars();
+    let mut chars = os.chars();
     match chars.next() {
         Some(first) => first.to_lowercase().chain(chars).collect(),
-        None => text.to_string(),
+        None => String::new(),
     }
 }
 
@@ -88,7 +98,16 @@ mod tests {
         let e = std::io::Error::from_raw_os_error(libc::ENOENT);
         assert_eq!(os_phrase(&e), "no such file or directory");
         let e = std::io::Error::other("Custom text");
-        assert_eq!(os_phrase(&e), "custom text");
+        assert_eq!(os_phrase(&e), "Custom text");
+        let nix = nix::errno::Errno::EPERM;
+        assert_eq!(
+            Fatal::setup("cannot become a child subreaper", nix).to_string(),
+            "cannot become a child subreaper: operation not permitted"
+        );
+        assert_eq!(
+            Fatal::setup("x", "ENOTAFLAG is not an errno").to_string(),
+            "x: ENOTAFLAG is not an errno"
+        );
     }
 
     #[test]

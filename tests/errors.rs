@@ -368,3 +368,17 @@ fn nothing_but_main_calls_process_exit() {
     );
     assert!(found.is_empty(), "process::exit in {found:?}");
 }
+
+#[test]
+fn a_base_directory_that_cannot_be_made_says_so_once() {
+    let t = TempDir::new();
+    let file = t.file("file");
+    std::fs::write(&file, "").unwrap();
+    let base = file.join("base");
+    let base = base.to_str().unwrap();
+    assert_error(
+        run(&["--job-name", "j", "--base-dir", base, "--", "true"]),
+        1,
+        &format!("container-run: cannot write under base directory {base}: not a directory"),
+    );
+}

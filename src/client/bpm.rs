@@ -160,7 +160,11 @@ pub fn install_shim(paths: &Paths) {
     });
     match result {
         Ok(()) => log::debug!("installed {}", paths.bpm.display()),
-        Err(e) => log::warn!("cannot install {}: {e}", paths.bpm.display()),
+        Err(e) => log::warn!(
+            "cannot install {}: {}",
+            paths.bpm.display(),
+            crate::error::os_phrase(&e)
+        ),
     }
 }
 
