@@ -418,7 +418,9 @@ pub fn drive_with_progress(
     progress: &mut dyn FnMut(Duration, &[Seen]),
 ) -> Vec<Outcome> {
     let start = Instant::now();
-    let deadline = start.checked_add(timeout).unwrap_or(start + ANSWER_TIMEOUT);
+    // A timeout too long for the clock is a wait without end, not a panic.
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    let deadline = start + timeout.min(CENTURY);
     let answer_deadline = start + ANSWER_TIMEOUT;
     let mut sessions: Vec<Session> = targets
         .iter()
