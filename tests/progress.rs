@@ -151,3 +151,28 @@ fn stop_all_counts_the_container_runs_done_on_a_terminal() {
     );
     stubborn.wait_state("stopped");
 }
+
+/// Issue 10, finding 9: once container-run has answered, the command was
+/// received; if it then goes away, that is a failure (1), not "no answer".
+#[test]
+fn a_container_run_that_goes_away_after_answering_is_a_failure_not_no_answer() {
+    let t = TempDir::new();
+    let (mut run, pid) = Run::stubborn(&t, "1h");
+    run.track(pid);
+    let base = t.path().to_str().unwrap();
+    let ctl = Watched::spawn(
+        &t,
+        on_a_terminal(&["ctl", "stop", "job", "--base-dir", base]),
+    );
+    ctl.wait_shown("\rjob/job: stopping, ");
+    run.signal(libc::SIGKILL);
+    let (code, shown) = ctl.finish();
+    assert_eq!(code, 1, "{shown:?}");
+    assert!(
+        shown.ends_with(
+            "\r\x1b[Kcontainer-run: job/job: container-run went away from its socket after \
+             answering (last seen stopping)\r\n"
+        ),
+        "{shown:?}"
+    );
+}

@@ -451,9 +451,7 @@ pub fn drive_with_progress(
                     .send(ControlCommand::Status.as_str().as_bytes())
                     .is_err()
                 {
-                    s.outcome = Some(Outcome::NoAnswer(
-                        "container-run went away from its socket".into(),
-                    ));
+                    s.outcome = Some(went_away(s.last.as_ref()));
                 }
                 s.sent_at = now;
             }
@@ -526,9 +524,7 @@ pub fn drive_with_progress(
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                        s.outcome = Some(Outcome::NoAnswer(
-                            "container-run went away from its socket".into(),
-                        ));
+                        s.outcome = Some(went_away(s.last.as_ref()));
                     }
                     Err(e) => {
                         s.outcome = Some(Outcome::Failed(format!("receiving: {}", os_phrase(&e))))
@@ -542,6 +538,19 @@ pub fn drive_with_progress(
         .into_iter()
         .map(|s| s.outcome.expect("every session ends with an outcome"))
         .collect()
+}
+
+/// The socket stopped answering. Before any reply: nobody is there (3).
+/// After one: the command was received, and then container-run went (it
+/// exits after a crash or a SIGTERM); a failure (1), never "no answer".
+fn went_away(last: Option<&Status>) -> Outcome {
+    match last {
+        None => Outcome::NoAnswer("container-run went away from its socket".into()),
+        Some(s) => Outcome::Failed(format!(
+            "container-run went away from its socket after answering (last seen {})",
+            s.state.as_str()
+        )),
+    }
 }
 
 fn no_answer(target: &Target) -> String {
