@@ -19,7 +19,8 @@ Other modes of the same binary:
   container-run ctl start|stop|term|quit|status|restart JOB [-p PROCESS]
   container-run bpm start|stop|term|quit|pid|running JOB [-p PROCESS]
   container-run probe JOB [-p PROCESS] -- CHECK [ARG...]
-  (each has its own --help; invoked as `bpm`, the binary is the bpm command)
+  (each has its own --help, or `container-run help MODE`; invoked as `bpm`,
+  the binary is the bpm command)
 
 Exit codes:
   0        stopped by SIGTERM/SIGINT, everything ended
@@ -190,6 +191,21 @@ impl JobCommand {
     }
 }
 
+/// Every mode of the binary as one clap command tree, for the completion
+/// scripts and man pages that `examples/generate.rs` makes: the
+/// supervisor's flags at the top, `ctl`, `bpm` and `probe` below it. The
+/// binary itself dispatches on the first word instead (main.rs), so that
+/// each mode keeps its own usage line and exit codes.
+pub fn command_tree() -> clap::Command {
+    use clap::CommandFactory;
+    RunArgs::command()
+        .subcommand(crate::client::ctl::CtlArgs::command().name("ctl"))
+        .subcommand(crate::client::bpm::BpmArgs::command().name("bpm"))
+        .subcommand(crate::client::probe::ProbeArgs::command().name("probe"))
+        .args_conflicts_with_subcommands(true)
+        .subcommand_negates_reqs(true)
+}
+
 /// A command with its arguments, as the post-start and its condition are given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookCommand {
@@ -289,8 +305,13 @@ pub fn validate_name(what: &str, name: &str) -> Result<String, Fatal> {
 /// A relative base directory is taken from the working directory now, so that
 /// every path derived from it stays valid whatever the child does later.
 pub fn absolute(dir: &Path) -> Result<PathBuf, Fatal> {
-    std::path::absolute(dir)
-        .map_err(|e| Fatal::Usage(format!("invalid base directory {}: {e}", dir.display())))
+    std::path::absolute(dir).map_err(|e| {
+        Fatal::Usage(format!(
+            "invalid base directory {}: {}",
+            dir.display(),
+            crate::error::os_phrase(&e)
+        ))
+    })
 }
 
 /// Durations as operators write them: `500ms`, `20s`, `15m`, `1h`, `1m30s`;

@@ -584,7 +584,14 @@ impl Supervisor {
                 Event::Spawned(child, spawned.pid)
             }
             Err(e) => {
-                log::error!("{}: {}", what(child), e.message);
+                // The job's own command gets the one-line style of every
+                // fatal error (`container-run: /etc/passwd: permission
+                // denied`), as it ends container-run with 126 or 127.
+                if child == Child::Main {
+                    log::info!("{}", e.message);
+                } else {
+                    log::error!("{}: {}", what(child), e.message);
+                }
                 Event::SpawnFailed(child, e.code)
             }
         }

@@ -71,6 +71,7 @@ fn ctl_status_table_and_json() {
             "PID",
             "STARTS",
             "UPTIME",
+            "LAST-EXIT",
             "POST-START",
             "HOLD"
         ]
@@ -80,7 +81,7 @@ fn ctl_status_table_and_json() {
         cells[..5],
         ["nats", "nats", "running", &pid.to_string(), "1"]
     );
-    assert_eq!(cells[6..], ["none", "no"]);
+    assert_eq!(cells[6..], ["-", "none", "no"]);
 
     let (code, out, _) = ctl(t.path(), &["status", "nats", "--json"]);
     assert_eq!(code, 0);
@@ -97,6 +98,23 @@ fn ctl_status_table_and_json() {
     ]);
     assert_eq!(code, 0);
     assert!(out.contains(&format!("\"pid\":{pid}")), "{out}");
+
+    // The last exit status, once there is one, as --json says it.
+    let (code, _, _) = ctl(t.path(), &["stop", "nats"]);
+    assert_eq!(code, 0);
+    let (_, out, _) = ctl(t.path(), &["status", "nats", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let last_exit = v["last_exit"].as_u64().expect("a last exit after a stop");
+    let (_, out, _) = ctl(t.path(), &["status", "nats"]);
+    let cells: Vec<String> = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(cells[2..4], ["stopped", "-"], "{out}");
+    assert_eq!(cells[6], last_exit.to_string(), "{out}");
 }
 
 #[test]
@@ -144,7 +162,10 @@ fn ctl_no_wait_returns_while_stopping_and_timeout_says_so() {
 
     let (code, _, err) = ctl(t.path(), &["stop", "job", "--timeout", "200ms"]);
     assert_eq!(code, 1);
-    assert!(err.contains("timed out, still stopping"), "{err}");
+    assert_eq!(
+        err,
+        "container-run: job/job: timed out after 200ms, still stopping (STOP received)\n"
+    );
     kill(pid, libc::SIGKILL);
     run.wait_state("stopped");
 }

@@ -96,9 +96,12 @@ fn read_only_base_directory_is_a_clear_error_and_nothing_starts() {
     let (code, _, err) = output_with_deadline(cmd);
     assert_eq!(code, 1, "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("base directory") && err.contains("Read-only"),
-        "{err}"
+    assert_eq!(
+        err,
+        format!(
+            "container-run: cannot write under base directory {}: read-only file system\n",
+            base.display()
+        )
     );
     assert!(!started.exists());
 }

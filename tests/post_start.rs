@@ -231,7 +231,7 @@ fn stop_during_a_long_post_start_kills_its_whole_group_and_start_reruns_it() {
             runs.display()
         ),
     );
-    let run = Run::builder(t.path(), "job")
+    let mut run = Run::builder(t.path(), "job")
         .arg("--post-start-name")
         .arg(&ps)
         .spawn([child()]);
@@ -252,6 +252,15 @@ fn stop_during_a_long_post_start_kills_its_whole_group_and_start_reruns_it() {
     run.wait_running();
     wait_until("post-start ran again", || count(&runs) == 2);
     assert_eq!(run.status()["post_start"], "running");
+    // The post-start's background sleep is no child of container-run, so
+    // the parent-death signal that ends the others when the test kills
+    // container-run does not reach it: kill it by pid too.
+    wait_until("post-start and its child again", || {
+        descendants(run.pid()).len() == 3
+    });
+    for pid in descendants(run.pid()) {
+        run.track(pid);
+    }
 }
 
 #[test]

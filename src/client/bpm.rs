@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use super::{Goal, Outcome, Target, drive, main_process_lives, parse_or_exit, pod_targets, query};
-use crate::error::Fatal;
+use super::{
+    Goal, Outcome, Target, drive, help_word_to_flag, main_process_lives, parse, pod_targets, query,
+};
+use crate::error::{Fatal, program, report};
 use crate::paths::Paths;
 use crate::protocol::{ControlCommand, State};
 
@@ -58,7 +60,7 @@ pub struct BpmArgs {
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let invoked_as = args.first().cloned().unwrap_or_default();
-    let args = parse_or_exit(BpmArgs::try_parse_from(args))?;
+    let args: BpmArgs = parse(help_word_to_flag(args), &bin_name())?;
     let base = args
         .base_dir
         .clone()
@@ -92,18 +94,28 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     Ok(match outcome {
         Outcome::Done(_) => 0,
         Outcome::TimedOut(last) => {
-            eprintln!(
-                "bpm: {}: timed out after {WAIT:?}, still {}",
+            report(format!(
+                "{}: timed out after {}, still {}",
                 target.label,
+                super::format_duration(WAIT),
                 last.map_or("unknown", |s| s.state.as_str())
-            );
+            ));
             1
         }
         Outcome::NoAnswer(why) | Outcome::Failed(why) => {
-            eprintln!("bpm: {}: {why}", target.label);
+            report(format!("{}: {why}", target.label));
             1
         }
     })
+}
+
+/// `bpm` when invoked as bpm, `container-run bpm` otherwise: what usage
+/// lines and error hints name.
+fn bin_name() -> String {
+    match program() {
+        "bpm" => "bpm".into(),
+        other => format!("{other} bpm"),
+    }
 }
 
 fn send(target: &Target, cmd: ControlCommand, goal: Goal) -> Outcome {
@@ -240,7 +252,11 @@ pub fn install_shim(paths: &Paths) {
     });
     match result {
         Ok(()) => log::debug!("installed {}", paths.bpm.display()),
-        Err(e) => log::warn!("cannot install {}: {e}", paths.bpm.display()),
+        Err(e) => log::warn!(
+            "cannot install {}: {}",
+            paths.bpm.display(),
+            crate::error::os_phrase(&e)
+        ),
     }
 }
 

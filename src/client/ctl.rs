@@ -2,13 +2,17 @@
 //! directory, without netcat (SPEC section 6).
 
 use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 
-use super::{Goal, Outcome, Target, all_targets, combined_exit, drive, parse_or_exit};
-use crate::error::Fatal;
+use super::{
+    Goal, Outcome, Seen, Target, all_targets, combined_exit, data_dir, drive_with_progress,
+    format_duration, help_word_to_flag, parse,
+};
+use crate::error::{Fatal, report};
 use crate::protocol::{ControlCommand, State, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,7 +83,8 @@ impl Selector {
     version = crate::VERSION,
     about = "Control container-run through its socket",
     after_help = "Exit codes: 0 done, 1 a wait timed out or a command failed, 2 usage, \
-                  3 no container-run answers at a socket."
+                  3 no container-run answers at a socket (or, with --all, none is found).\n\
+                  On a terminal, stop, start and restart show what they wait for on one line."
 )]
 pub struct CtlArgs {
     #[arg(value_enum)]
@@ -102,11 +107,14 @@ pub struct CtlArgs {
 }
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
-    let args = parse_or_exit(CtlArgs::try_parse_from(args))?;
+    let args: CtlArgs = parse(help_word_to_flag(args), "container-run ctl")?;
     let targets = args.selector.targets()?;
     if targets.is_empty() {
-        eprintln!("container-run: no container-run socket found");
-        return Ok(super::NO_ANSWER);
+        let data = data_dir(&args.selector.base_dir)?;
+        return Err(Fatal::NoAnswer(format!(
+            "no container-run socket under {}",
+            data.display()
+        )));
     }
     let (commands, goal): (&[ControlCommand], Goal) = match args.verb {
         Verb::Start => (&[ControlCommand::Start], Goal::Reach(State::Running)),
@@ -120,32 +128,126 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
         ),
     };
     let goal = if args.no_wait { Goal::Ack } else { goal };
-    let outcomes = drive(&targets, commands, goal, args.timeout);
+    let mut line = ProgressLine {
+        on: goal != Goal::Ack && std::io::stdout().is_terminal(),
+        first: commands[0],
+        timeout: args.timeout,
+        shown: String::new(),
+    };
+    let outcomes = drive_with_progress(&targets, commands, goal, args.timeout, &mut |e, seen| {
+        line.draw(e, seen)
+    });
+    line.clear();
+    let received = commands
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let how = Report {
+        json: args.json,
+        verb: args.verb,
+        timeout: args.timeout,
+        received: &received,
+    };
     if args.verb == Verb::Status && !args.json {
-        print_table(&targets, &outcomes);
+        print_table(&targets, &outcomes, &how);
     } else {
         for (target, outcome) in targets.iter().zip(&outcomes) {
-            report(target, outcome, args.json, args.verb);
+            how.report(target, outcome);
         }
     }
     Ok(combined_exit(&outcomes))
 }
 
-fn report(target: &Target, outcome: &Outcome, json: bool, verb: Verb) {
-    match outcome {
-        Outcome::Done(status) if json => print!("{}", status.to_line()),
-        Outcome::Done(status) => {
-            if verb != Verb::Status {
-                println!("{}: {}", target.label, describe(status));
-            }
+/// While stop, start or restart wait on a terminal: one line, redrawn in
+/// place when what it says changes, and erased before the results print.
+/// The reply does not tell the stop timeout, so the line says how long ctl
+/// itself waits.
+struct ProgressLine {
+    on: bool,
+    first: ControlCommand,
+    timeout: Duration,
+    shown: String,
+}
+
+impl ProgressLine {
+    fn draw(&mut self, elapsed: Duration, seen: &[Seen]) {
+        if !self.on {
+            return;
         }
-        Outcome::TimedOut(last) => eprintln!(
-            "container-run: {}: timed out, still {}",
-            target.label,
-            last.as_ref().map_or("unknown", |s| s.state.as_str())
-        ),
-        Outcome::NoAnswer(why) | Outcome::Failed(why) => {
-            eprintln!("container-run: {}: {why}", target.label)
+        let text = progress_text(self.first, self.timeout, elapsed, seen);
+        if text != self.shown {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "\r{text}\x1b[K");
+            let _ = out.flush();
+            self.shown = text;
+        }
+    }
+
+    fn clear(&mut self) {
+        if !self.shown.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(out, "\r\x1b[K");
+            let _ = out.flush();
+        }
+    }
+}
+
+/// `nats/nats: stopping, 4 s (waiting up to 30s)`, or for several targets
+/// `STOP: 3/10 done, 4 s (waiting up to 30s)`.
+fn progress_text(
+    first: ControlCommand,
+    timeout: Duration,
+    elapsed: Duration,
+    seen: &[Seen],
+) -> String {
+    let waited = format!(
+        "{} s (waiting up to {})",
+        elapsed.as_secs(),
+        format_duration(timeout)
+    );
+    match seen {
+        [one] => {
+            let state = one.last.map_or_else(
+                || format!("{} sent", first.as_str()),
+                |s| s.state.as_str().into(),
+            );
+            format!("{}: {state}, {waited}", one.target.label)
+        }
+        many => {
+            let done = many.iter().filter(|s| s.done).count();
+            format!("{}: {done}/{} done, {waited}", first.as_str(), many.len())
+        }
+    }
+}
+
+struct Report<'a> {
+    json: bool,
+    verb: Verb,
+    timeout: Duration,
+    /// The commands sent, for a timeout's message: they were received.
+    received: &'a str,
+}
+
+impl Report<'_> {
+    fn report(&self, target: &Target, outcome: &Outcome) {
+        match outcome {
+            Outcome::Done(status) if self.json => print!("{}", status.to_line()),
+            Outcome::Done(status) => {
+                if self.verb != Verb::Status {
+                    println!("{}: {}", target.label, describe(status));
+                }
+            }
+            Outcome::TimedOut(last) => report(format!(
+                "{}: timed out after {}, still {} ({} received)",
+                target.label,
+                format_duration(self.timeout),
+                last.as_ref().map_or("unknown", |s| s.state.as_str()),
+                self.received
+            )),
+            Outcome::NoAnswer(why) | Outcome::Failed(why) => {
+                report(format!("{}: {why}", target.label))
+            }
         }
     }
 }
@@ -157,20 +259,22 @@ fn describe(s: &Status) -> String {
     }
 }
 
-fn print_table(targets: &[Target], outcomes: &[Outcome]) {
-    let mut rows = vec![
-        [
-            "JOB",
-            "PROCESS",
-            "STATE",
-            "PID",
-            "STARTS",
-            "UPTIME",
-            "POST-START",
-            "HOLD",
-        ]
-        .map(String::from),
-    ];
+const COLUMNS: [&str; 9] = [
+    "JOB",
+    "PROCESS",
+    "STATE",
+    "PID",
+    "STARTS",
+    "UPTIME",
+    "LAST-EXIT",
+    "POST-START",
+    "HOLD",
+];
+
+/// The table of every container-run that answered; the others get their
+/// error line on stderr, and with none answering there is no table at all.
+fn print_table(targets: &[Target], outcomes: &[Outcome], how: &Report) {
+    let mut rows = vec![COLUMNS.map(String::from)];
     for (target, outcome) in targets.iter().zip(outcomes) {
         match outcome {
             Outcome::Done(s) => rows.push([
@@ -180,13 +284,17 @@ fn print_table(targets: &[Target], outcomes: &[Outcome]) {
                 s.pid.map_or("-".into(), |p| p.to_string()),
                 s.starts.to_string(),
                 s.uptime_ms.map_or("-".into(), format_uptime),
+                s.last_exit.map_or("-".into(), |c| c.to_string()),
                 s.post_start.as_str().into(),
                 if s.hold { "yes" } else { "no" }.into(),
             ]),
-            other => report(target, other, false, Verb::Status),
+            other => how.report(target, other),
         }
     }
-    let widths: Vec<usize> = (0..8)
+    if rows.len() == 1 {
+        return;
+    }
+    let widths: Vec<usize> = (0..COLUMNS.len())
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     for row in rows {

@@ -1,24 +1,25 @@
 //! The operator's side of the control socket (SPEC sections 6 and 10):
-//! `ctl`, `bpm`, `monit` and `probe` share one way to reach container-runs,
-//! send a command to each, and wait, on all of them at once, until each has
-//! reached the state asked for. No threads: one `poll` over one socket per
-//! target.
+//! `ctl`, `bpm`, `monit` and `probe` share one way to parse their command
+//! lines, reach container-runs, send a command to each, and wait, on all of
+//! them at once, until each has reached the state asked for. No threads:
+//! one `poll` over one socket per target.
 
 pub mod bpm;
 pub mod ctl;
 pub mod monit;
 pub mod probe;
 
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clap::error::ErrorKind;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::error::Fatal;
+use crate::error::{Fatal, os_phrase};
 use crate::paths::Paths;
 use crate::protocol::{ControlCommand, State, Status};
 
@@ -33,22 +34,101 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// notification was lost (the supervisor never blocks to deliver one).
 const RESEND_EVERY: Duration = Duration::from_millis(500);
 
-/// Turn a clap result into a value, printing help or version and exiting 0
-/// for `--help`/`--version`, and a one-line usage error (exit 2) otherwise.
-pub fn parse_or_exit<T>(parsed: Result<T, clap::Error>) -> Result<T, Fatal> {
-    match parsed {
-        Ok(v) => Ok(v),
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
-            let _ = e.print();
-            std::process::exit(0);
+/// Parse one mode's command line under the name the user typed
+/// (`container-run`, `container-run ctl`, `bpm`), so that usage lines say
+/// it. `--help` and `--version` come back as `Fatal::Shown` (main prints
+/// them and exits 0); every other clap error becomes one usage line.
+pub fn parse<T: clap::Parser>(args: Vec<OsString>, bin_name: &str) -> Result<T, Fatal> {
+    let mut cmd = env_values_only_when_set(T::command()).bin_name(bin_name.to_string());
+    let matches = cmd
+        .try_get_matches_from_mut(args)
+        .map_err(|e| usage_error(&e, bin_name))?;
+    T::from_arg_matches(&matches).map_err(|e| usage_error(&e, bin_name))
+}
+
+/// `[env: NAME=VALUE]` in the help when NAME is set; `[env: NAME]` when it
+/// is not, rather than clap's `[env: NAME=]`, which reads as "set to empty".
+fn env_values_only_when_set(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|arg| {
+        let unset = arg
+            .get_env()
+            .is_some_and(|name| std::env::var_os(name).is_none());
+        if unset {
+            arg.hide_env_values(true)
+        } else {
+            arg
         }
-        Err(e) => {
+    })
+}
+
+/// A clap error as what main prints: help and version as text for stdout,
+/// anything else as one line naming what is wrong.
+pub fn usage_error(e: &clap::Error, bin_name: &str) -> Fatal {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Fatal::Shown(e.to_string()),
+        _ => Fatal::Usage(format!("{} (see {bin_name} --help)", clap_message(e))),
+    }
+}
+
+/// clap's error kind and context rendered into one line; clap's own
+/// rendering spreads the names of missing arguments and the valid values
+/// over several lines.
+fn clap_message(e: &clap::Error) -> String {
+    let strings = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => vec![s.clone()],
+        Some(ContextValue::Strings(v)) => v.clone(),
+        Some(ContextValue::StyledStr(s)) => vec![s.to_string()],
+        Some(ContextValue::StyledStrs(v)) => v.iter().map(ToString::to_string).collect(),
+        _ => Vec::new(),
+    };
+    let one = |kind| strings(kind).join(", ");
+    let arg = one(ContextKind::InvalidArg);
+    let value = one(ContextKind::InvalidValue);
+    match e.kind() {
+        ErrorKind::MissingRequiredArgument => {
+            let missing = strings(ContextKind::InvalidArg);
+            let s = if missing.len() == 1 { "" } else { "s" };
+            format!("missing required argument{s}: {}", missing.join(", "))
+        }
+        ErrorKind::InvalidValue => {
+            let valid = strings(ContextKind::ValidValue);
+            if valid.is_empty() {
+                format!("invalid value '{value}' for {arg}")
+            } else {
+                format!(
+                    "invalid value '{value}' for {arg}: expected one of {}",
+                    valid.join(", ")
+                )
+            }
+        }
+        ErrorKind::ValueValidation => {
+            let why = std::error::Error::source(e).map_or(String::new(), |s| format!(": {s}"));
+            format!("invalid value '{value}' for {arg}{why}")
+        }
+        ErrorKind::UnknownArgument => format!("unexpected argument '{arg}'"),
+        ErrorKind::ArgumentConflict => {
+            let prior = one(ContextKind::PriorArg);
+            if prior.is_empty() {
+                format!("{arg} cannot be used here")
+            } else {
+                format!("{arg} cannot be used with {prior}")
+            }
+        }
+        _ => {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            Err(Fatal::Usage(format!("{first} (see --help)")))
+            first.strip_prefix("error: ").unwrap_or(first).to_string()
         }
     }
+}
+
+/// `help` as the first word of a mode prints its help, as `--help` does.
+pub fn help_word_to_flag(mut args: Vec<OsString>) -> Vec<OsString> {
+    if args.get(1).is_some_and(|a| a == "help") {
+        args.truncate(1);
+        args.push("--help".into());
+    }
+    args
 }
 
 /// One container-run to talk to.
@@ -80,6 +160,12 @@ impl Target {
         }
     }
 
+    /// Given by `--socket`: the label is the path, so messages do not
+    /// repeat it, and hints about jobs and processes do not apply.
+    pub fn is_at_socket(&self) -> bool {
+        self.label == self.socket.display().to_string()
+    }
+
     pub fn paths(&self) -> Option<Paths> {
         let (job, process) = self.label.split_once('/')?;
         let base = self.socket.parent()?.parent()?.parent()?;
@@ -87,11 +173,22 @@ impl Target {
     }
 }
 
-/// Every `*_containerrun.sock` under `BASE/data/*/`, sorted.
+/// Where `--all` looks: `BASE/data`.
+pub fn data_dir(base: &Path) -> Result<PathBuf, Fatal> {
+    Ok(crate::cli::absolute(base)?.join("data"))
+}
+
+/// Every `*_containerrun.sock` under `BASE/data/*/`, sorted. A missing
+/// `BASE/data` is no error of the caller's: nothing runs there (exit 3).
 pub fn all_targets(base: &Path) -> Result<Vec<Target>, Fatal> {
-    let data = crate::cli::absolute(base)?.join("data");
-    let jobs = std::fs::read_dir(&data)
-        .map_err(|e| Fatal::setup(format!("cannot list {}", data.display()), e))?;
+    let data = data_dir(base)?;
+    let jobs = std::fs::read_dir(&data).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Fatal::NoAnswer(format!(
+            "no container-run socket under {}: no such directory",
+            data.display()
+        )),
+        _ => Fatal::Setup(format!("cannot list {}: {}", data.display(), os_phrase(&e))),
+    })?;
     let mut targets = Vec::new();
     for job in jobs.flatten() {
         let Ok(files) = std::fs::read_dir(job.path()) else {
@@ -166,6 +263,8 @@ pub enum Goal {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Done(Status),
+    /// The command was received (a reply came back: the last one is here),
+    /// but the state asked for was not reached in time.
     TimedOut(Option<Status>),
     NoAnswer(String),
     Failed(String),
@@ -184,6 +283,16 @@ impl Outcome {
 /// The worst exit code of several outcomes: no answer (3) over failure (1).
 pub fn combined_exit(outcomes: &[Outcome]) -> u8 {
     outcomes.iter().map(Outcome::exit_code).max().unwrap_or(0)
+}
+
+/// What a waiting client knows of one target, for a progress line.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub target: &'a Target,
+    /// The last reply, if any came.
+    pub last: Option<&'a Status>,
+    /// The target has an outcome: nothing more to wait for.
+    pub done: bool,
 }
 
 struct Session {
@@ -205,11 +314,11 @@ impl Session {
             sent_at: Instant::now(),
             outcome: None,
         };
-        match connect(&target.socket) {
+        match connect(target) {
             Ok(sock) => {
                 for cmd in commands {
                     if let Err(e) = sock.send(cmd.as_str().as_bytes()) {
-                        s.outcome = Some(send_error(&target.socket, &e));
+                        s.outcome = Some(send_error(target, &e));
                         return s;
                     }
                 }
@@ -246,7 +355,7 @@ impl Session {
 /// Bind a reply address of our own (abstract: nothing to clean up, and the
 /// supervisor needs no permission on a file of ours to answer), then connect
 /// to the target so only its datagrams reach us.
-fn connect(socket: &Path) -> Result<UnixDatagram, Outcome> {
+fn connect(target: &Target) -> Result<UnixDatagram, Outcome> {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::SocketAddr;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -257,35 +366,81 @@ fn connect(socket: &Path) -> Result<UnixDatagram, Outcome> {
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let addr = SocketAddr::from_abstract_name(name.as_bytes())
-        .map_err(|e| Outcome::Failed(format!("cannot make a reply address: {e}")))?;
+        .map_err(|e| Outcome::Failed(format!("cannot make a reply address: {}", os_phrase(&e))))?;
     let sock = UnixDatagram::bind_addr(&addr)
-        .map_err(|e| Outcome::Failed(format!("cannot bind a reply address: {e}")))?;
-    sock.connect(socket).map_err(|e| send_error(socket, &e))?;
+        .map_err(|e| Outcome::Failed(format!("cannot bind a reply address: {}", os_phrase(&e))))?;
+    sock.connect(&target.socket)
+        .map_err(|e| send_error(target, &e))?;
     // Never block on a send: a socket that nobody reads (a hung or stopped
     // container-run) fills its queue, and a blocking send would then wait
     // past every deadline.
-    sock.set_nonblocking(true)
-        .map_err(|e| Outcome::Failed(format!("cannot make the socket non-blocking: {e}")))?;
+    sock.set_nonblocking(true).map_err(|e| {
+        Outcome::Failed(format!(
+            "cannot make the socket non-blocking: {}",
+            os_phrase(&e)
+        ))
+    })?;
     Ok(sock)
 }
 
-fn send_error(socket: &Path, e: &io::Error) -> Outcome {
-    let s = socket.display();
+/// What is at a path that should be a socket, when it is something else.
+fn not_a_socket(path: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::metadata(path).ok()?.file_type();
+    if kind.is_socket() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_file() {
+        Some("a regular file")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else {
+        Some("not a socket")
+    }
+}
+
+/// Why a target cannot be reached, in words that fit how it was named: by
+/// JOB/PROCESS the socket's path helps; by `--socket` the label is the path.
+fn send_error(target: &Target, e: &io::Error) -> Outcome {
+    let by_path = target.is_at_socket();
+    let s = target.socket.display();
+    if let Some(what) = not_a_socket(&target.socket) {
+        return Outcome::NoAnswer(if by_path {
+            format!("not a socket: {what}")
+        } else {
+            format!("not a socket: {s} is {what}")
+        });
+    }
     match e.raw_os_error() {
+        Some(libc::ENOENT) if by_path => Outcome::NoAnswer("no such file".into()),
         Some(libc::ENOENT) => Outcome::NoAnswer(format!(
             "no socket at {s}: is container-run running with this job and process?"
         )),
+        Some(libc::ECONNREFUSED) if by_path => Outcome::NoAnswer(
+            "nothing listens: a stale socket file, container-run is not running".into(),
+        ),
         Some(libc::ECONNREFUSED) => Outcome::NoAnswer(format!(
             "nothing listens on {s}: a stale socket file, container-run is not running"
         )),
-        Some(libc::ENOTSOCK) => Outcome::NoAnswer(format!("{s} is not a socket")),
+        Some(libc::EAGAIN) if by_path => Outcome::NoAnswer(
+            "nobody reads it: its queue is full (container-run hangs or is stopped)".into(),
+        ),
         Some(libc::EAGAIN) => Outcome::NoAnswer(format!(
             "nobody reads {s}: its queue is full (container-run hangs or is stopped)"
         )),
+        Some(libc::EACCES) | Some(libc::EPERM) if by_path => {
+            Outcome::Failed("permission denied: run as the socket's owner or group".into())
+        }
         Some(libc::EACCES) | Some(libc::EPERM) => Outcome::Failed(format!(
             "permission denied on {s}: run as the socket's owner or group"
         )),
-        _ => Outcome::Failed(format!("cannot send to {s}: {e}")),
+        _ if by_path => Outcome::Failed(format!("cannot send: {}", os_phrase(e))),
+        _ => Outcome::Failed(format!("cannot send to {s}: {}", os_phrase(e))),
     }
 }
 
@@ -297,9 +452,28 @@ pub fn drive(
     goal: Goal,
     timeout: Duration,
 ) -> Vec<Outcome> {
+    drive_with_progress(targets, commands, goal, timeout, &mut |_, _| {})
+}
+
+/// `drive`, calling `progress` with the time waited and what is known of
+/// every target after each turn of the loop while something is awaited (at
+/// least every `RESEND_EVERY`).
+///
+/// A first reply is awaited for `ANSWER_TIMEOUT` whatever `timeout` says:
+/// a container-run that answered has received the command, and a wait that
+/// then runs out is a timeout (exit 1), never "no answer" (exit 3).
+pub fn drive_with_progress(
+    targets: &[Target],
+    commands: &[ControlCommand],
+    goal: Goal,
+    timeout: Duration,
+    progress: &mut dyn FnMut(Duration, &[Seen]),
+) -> Vec<Outcome> {
     let start = Instant::now();
-    let deadline = start + timeout;
-    let answer_deadline = start + ANSWER_TIMEOUT.min(timeout);
+    // A timeout too long for the clock is a wait without end, not a panic.
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+    let deadline = start + timeout.min(CENTURY);
+    let answer_deadline = start + ANSWER_TIMEOUT;
     let mut sessions: Vec<Session> = targets
         .iter()
         .map(|t| Session::open(t, commands, goal))
@@ -309,28 +483,42 @@ pub fn drive(
     // consumes a reply.
     loop {
         let now = Instant::now();
-        for s in sessions.iter_mut().filter(|s| s.outcome.is_none()) {
-            if s.last.is_none() && now >= answer_deadline {
-                s.outcome = Some(Outcome::NoAnswer(
-                    "no answer from container-run on its socket".into(),
-                ));
+        for (s, target) in sessions
+            .iter_mut()
+            .zip(targets)
+            .filter(|(s, _)| s.outcome.is_none())
+        {
+            if s.last.is_none() {
+                if now >= answer_deadline {
+                    s.outcome = Some(Outcome::NoAnswer(no_answer(target)));
+                }
             } else if now >= deadline {
                 s.outcome = Some(Outcome::TimedOut(s.last.clone()));
-            } else if now.duration_since(s.sent_at) >= RESEND_EVERY
+            }
+            if s.outcome.is_none()
+                && now.duration_since(s.sent_at) >= RESEND_EVERY
                 && let Some(sock) = &s.sock
             {
                 match sock.send(ControlCommand::Status.as_str().as_bytes()) {
                     // Its queue is full for now: the next resend tries again.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => {
-                        s.outcome = Some(Outcome::NoAnswer(
-                            "container-run went away from its socket".into(),
-                        ));
-                    }
+                    Err(_) => s.outcome = Some(went_away(s.last.as_ref())),
                     Ok(_) => {}
                 }
                 s.sent_at = now;
             }
+        }
+        let seen: Vec<Seen> = sessions
+            .iter()
+            .zip(targets)
+            .map(|(s, target)| Seen {
+                target,
+                last: s.last.as_ref(),
+                done: s.outcome.is_some(),
+            })
+            .collect();
+        if seen.iter().any(|s| !s.done) {
+            progress(now.duration_since(start), &seen);
         }
         let open: Vec<usize> = (0..sessions.len())
             .filter(|&i| sessions[i].outcome.is_none())
@@ -388,11 +576,11 @@ pub fn drive(
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                        s.outcome = Some(Outcome::NoAnswer(
-                            "container-run went away from its socket".into(),
-                        ));
+                        s.outcome = Some(went_away(s.last.as_ref()));
                     }
-                    Err(e) => s.outcome = Some(Outcome::Failed(format!("receiving: {e}"))),
+                    Err(e) => {
+                        s.outcome = Some(Outcome::Failed(format!("receiving: {}", os_phrase(&e))))
+                    }
                 }
             }
             s.sock = Some(sock);
@@ -404,6 +592,28 @@ pub fn drive(
         .collect()
 }
 
+/// The socket stopped answering. Before any reply: nobody is there (3).
+/// After one: the command was received, and then container-run went (it
+/// exits after a crash or a SIGTERM); a failure (1), never "no answer".
+fn went_away(last: Option<&Status>) -> Outcome {
+    match last {
+        None => Outcome::NoAnswer("container-run went away from its socket".into()),
+        Some(s) => Outcome::Failed(format!(
+            "container-run went away from its socket after answering (last seen {})",
+            s.state.as_str()
+        )),
+    }
+}
+
+fn no_answer(target: &Target) -> String {
+    let within = format_duration(ANSWER_TIMEOUT);
+    if target.is_at_socket() {
+        format!("no answer within {within}")
+    } else {
+        format!("no answer within {within} on {}", target.socket.display())
+    }
+}
+
 /// One target, one command, the status it answers with.
 pub fn query(target: &Target) -> Outcome {
     drive(
@@ -413,4 +623,98 @@ pub fn query(target: &Target) -> Outcome {
         ANSWER_TIMEOUT,
     )
     .remove(0)
+}
+
+/// A duration as an operator writes it: `0s`, `200ms`, `30s`, `1m30s`, `2h`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if !ms.is_multiple_of(1000) {
+        return if ms < 1000 {
+            format!("{ms}ms")
+        } else {
+            // Integer arithmetic: float formatting would cost the static
+            // binary several kilobytes for one digit.
+            format!("{}.{}s", ms / 1000, ms % 1000 / 100)
+        };
+    }
+    let s = d.as_secs();
+    let (h, m, s) = (s / 3600, s % 3600 / 60, s % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out += &format!("{h}h");
+    }
+    if m > 0 {
+        out += &format!("{m}m");
+    }
+    if s > 0 {
+        out += &format!("{s}s");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        assert_eq!(format_duration(Duration::from_millis(200)), "200ms");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Demo {
+        #[arg(value_enum)]
+        verb: crate::client::ctl::Verb,
+        #[arg(long = "job-name", value_name = "JOB")]
+        job: String,
+        #[arg(long, value_parser = crate::cli::parse_duration)]
+        timeout: Option<Duration>,
+    }
+
+    fn message(args: &[&str]) -> String {
+        let args = args.iter().map(OsString::from).collect();
+        match parse::<Demo>(args, "demo") {
+            Err(Fatal::Usage(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn clap_errors_become_one_line_naming_what_is_wrong() {
+        assert_eq!(
+            message(&["demo", "stop"]),
+            "missing required argument: --job-name <JOB> (see demo --help)"
+        );
+        assert_eq!(
+            message(&["demo"]),
+            "missing required arguments: --job-name <JOB>, <VERB> (see demo --help)"
+        );
+        assert_eq!(
+            message(&["demo", "stat", "--job-name", "j"]),
+            "invalid value 'stat' for <VERB>: expected one of start, stop, term, quit, status, restart \
+             (see demo --help)"
+        );
+        assert_eq!(
+            message(&["demo", "stop", "--job-name", "j", "--timeout", "5x"]),
+            "invalid value '5x' for --timeout <TIMEOUT>: invalid unit \"x\" in duration \"5x\" \
+             (use ms, s, m or h) (see demo --help)"
+        );
+        assert_eq!(
+            message(&["demo", "stop", "--job-name", "j", "--bogus"]),
+            "unexpected argument '--bogus' (see demo --help)"
+        );
+        let help = parse::<Demo>(vec!["demo".into(), "--help".into()], "demo x");
+        match help {
+            Err(Fatal::Shown(text)) => assert!(text.contains("Usage: demo x"), "{text}"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use super::{
-    ANSWER_TIMEOUT, Goal, Outcome, Target, base_from_link, drive, main_process_lives,
-    parse_or_exit, pod_targets,
+    ANSWER_TIMEOUT, Goal, Outcome, Target, base_from_link, drive, help_word_to_flag,
+    main_process_lives, parse, pod_targets,
 };
 use crate::error::Fatal;
 use crate::protocol::{ControlCommand, State};
@@ -87,7 +87,11 @@ pub enum Action {
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let invoked_as = args.first().cloned().unwrap_or_default();
-    let args = parse_or_exit(MonitArgs::try_parse_from(args))?;
+    let bin_name = match crate::error::program() {
+        "monit" => "monit".to_string(),
+        other => format!("{other} monit"),
+    };
+    let args: MonitArgs = parse(help_word_to_flag(args), &bin_name)?;
     let base = args
         .base_dir
         .clone()

@@ -9,8 +9,8 @@ use std::process::Command;
 
 use clap::Parser;
 
-use super::{Outcome, Target, parse_or_exit, query};
-use crate::error::Fatal;
+use super::{Outcome, Target, parse, query};
+use crate::error::{Fatal, os_phrase, report};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,17 +41,17 @@ pub struct ProbeArgs {
 }
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
-    let args = parse_or_exit(ProbeArgs::try_parse_from(args))?;
+    let args: ProbeArgs = parse(args, "container-run probe")?;
     let target = Target::named(&args.base_dir, &args.job, args.process.as_deref())?;
     match query(&target) {
         Outcome::Done(status) if status.hold => Ok(0),
         Outcome::Done(_) => Ok(run_check(&args.check)),
         Outcome::NoAnswer(why) | Outcome::Failed(why) => {
-            eprintln!("container-run probe: {}: {why}", target.label);
+            report(format!("{}: {why}", target.label));
             Ok(1)
         }
         Outcome::TimedOut(_) => {
-            eprintln!("container-run probe: {}: no answer", target.label);
+            report(format!("{}: no answer", target.label));
             Ok(1)
         }
     }
@@ -66,7 +66,7 @@ fn run_check(check: &[OsString]) -> u8 {
             _ => 1,
         },
         Err(e) => {
-            eprintln!("container-run probe: {}: {e}", check[0].to_string_lossy());
+            report(format!("{}: {}", check[0].to_string_lossy(), os_phrase(&e)));
             if e.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
