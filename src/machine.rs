@@ -259,6 +259,7 @@ pub struct Snapshot {
     pub last_exit: Option<u8>,
     pub drain: Drain,
     pub drain_left: Option<Duration>,
+    pub stop_left: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -1133,6 +1134,12 @@ impl Machine {
             drain_left: self
                 .drain_deadline()
                 .map(|d| d.saturating_duration_since(now)),
+            stop_left: match self.phase {
+                Phase::Stopping {
+                    kill_at: Some(at), ..
+                } => Some(at.saturating_duration_since(now)),
+                _ => None,
+            },
         }
     }
 

@@ -66,7 +66,7 @@ impl PeerRound {
         if others.is_empty() {
             return Ok(None);
         }
-        let sock = bind_reply_address()?;
+        let sock = crate::protocol::reply_socket()?;
         setsockopt(&sock, sockopt::PassCred, &true).map_err(io::Error::from)?;
         sock.set_nonblocking(true)?;
         let mut outstanding = 0;
@@ -150,20 +150,4 @@ impl AsFd for PeerRound {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
-}
-
-/// An abstract address of our own, so that peers can answer: nothing to
-/// clean up, nothing in a directory that others control. The kernel picks
-/// the name (autobind): containers of a pod share abstract names but not
-/// pids, so a name made of our pid could collide with a peer's.
-fn bind_reply_address() -> io::Result<UnixDatagram> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    bind(fd.as_raw_fd(), &UnixAddr::new_unnamed())?;
-    Ok(UnixDatagram::from(fd))
 }

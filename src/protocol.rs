@@ -1,6 +1,7 @@
-//! The control protocol of SPEC section 3, both directions, pure: datagram
-//! bytes to a `ControlCommand`, and a `Status` to the one-line JSON reply.
-//! The client side parses replies with the same definitions.
+//! The control protocol of SPEC section 3, both directions: datagram bytes
+//! to a `ControlCommand`, and a `Status` to the one-line JSON reply (pure);
+//! the client side parses replies with the same definitions, and every
+//! sender that wants a reply binds with `reply_socket`.
 
 use serde::{Deserialize, Serialize};
 
@@ -172,6 +173,9 @@ pub struct Status {
     /// while it runs or waits at the barrier.
     #[serde(default)]
     pub drain_left_ms: Option<u64>,
+    /// While stopping: what is left until SIGKILL (`None` once it is sent).
+    #[serde(default)]
+    pub stop_left_ms: Option<u64>,
     /// How long this container-run has been up (monit's uptime header).
     #[serde(default)]
     pub age_ms: u64,
@@ -193,6 +197,23 @@ impl Status {
     pub fn from_line(bytes: &[u8]) -> Option<Status> {
         serde_json::from_slice(bytes).ok()
     }
+}
+
+/// A datagram socket bound to an abstract address that the kernel picks
+/// (autobind), so that container-run can answer: nothing to clean up,
+/// nothing in a directory that others control, and no collision between
+/// containers of one pod, which share abstract names but not pids.
+pub fn reply_socket() -> std::io::Result<std::os::unix::net::UnixDatagram> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new_unnamed())?;
+    Ok(fd.into())
 }
 
 #[cfg(test)]
@@ -241,6 +262,7 @@ mod tests {
             last_exit: Some(0),
             drain: Drain::TimedOut,
             drain_left_ms: Some(12),
+            stop_left_ms: Some(7),
             age_ms: 9000,
         };
         let line = status.to_line();

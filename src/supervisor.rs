@@ -21,7 +21,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::cli::RunConfig;
 use crate::drain;
-use crate::error::Fatal;
+use crate::error::{Fatal, os_phrase};
 use crate::exit;
 use crate::machine::{Action, Child, DrainPlan, Event, Machine, MachineConfig, PostStartPlan};
 use crate::peers::PeerRound;
@@ -278,7 +278,7 @@ impl Supervisor {
                 Ok(None) => break,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
-                    log::warn!("reading the signalfd: {e}");
+                    log::warn!("reading the signalfd: {}", os_phrase(&e.into()));
                     break;
                 }
             }
@@ -309,7 +309,7 @@ impl Supervisor {
                 Ok(Some((payload, sender))) => (ControlCommand::parse(payload), sender),
                 Ok(None) => return None,
                 Err(e) => {
-                    log::warn!("reading the control socket: {e}");
+                    log::warn!("reading the control socket: {}", os_phrase(&e));
                     return None;
                 }
             };
@@ -356,7 +356,7 @@ impl Supervisor {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::warn!("reading the drain script's output: {e}");
+                    log::warn!("reading the drain script's output: {}", os_phrase(&e));
                     break;
                 }
             }
@@ -405,6 +405,7 @@ impl Supervisor {
             last_exit: snap.last_exit,
             drain: snap.drain,
             drain_left_ms: snap.drain_left.map(ms),
+            stop_left_ms: snap.stop_left.map(ms),
             age_ms: ms(now.saturating_duration_since(self.born)),
         }
     }
@@ -442,13 +443,13 @@ impl Supervisor {
                 Action::AskPeers => self.ask_peers(),
                 Action::WriteRunFiles(pid) => {
                     if let Err(e) = state_files::write_run_files(&self.cfg.paths, pid) {
-                        log::error!("cannot write the sentinel or pidfile: {e}");
+                        log::error!("cannot write the sentinel or pidfile: {}", os_phrase(&e));
                     }
                     None
                 }
                 Action::RemoveRunFiles => {
                     if let Err(e) = state_files::remove_run_files(&self.cfg.paths) {
-                        log::error!("cannot remove the sentinel or pidfile: {e}");
+                        log::error!("cannot remove the sentinel or pidfile: {}", os_phrase(&e));
                     }
                     None
                 }
@@ -456,15 +457,16 @@ impl Supervisor {
                     Ok(()) => None,
                     Err(e) => {
                         log::error!(
-                            "cannot write the STOP marker {}: {e}",
-                            self.cfg.paths.stopped.display()
+                            "cannot write the STOP marker {}: {}",
+                            self.cfg.paths.stopped.display(),
+                            os_phrase(&e)
                         );
                         Some(Event::HoldNotWritten)
                     }
                 },
                 Action::RemoveHold => {
                     if let Err(e) = state_files::remove_hold(&self.cfg.paths) {
-                        log::error!("cannot remove the STOP marker: {e}");
+                        log::error!("cannot remove the STOP marker: {}", os_phrase(&e));
                     }
                     None
                 }
@@ -491,7 +493,10 @@ impl Supervisor {
                 None
             }
             Err(e) => {
-                log::warn!("cannot ask the pod's other container-runs: {e}; not waiting for them");
+                log::warn!(
+                    "cannot ask the pod's other container-runs: {}; not waiting for them",
+                    os_phrase(&e)
+                );
                 Some(Event::PeersAnswered(Default::default()))
             }
         }

@@ -73,6 +73,7 @@ fn ctl_status_table_and_json() {
             "UPTIME",
             "LAST-EXIT",
             "POST-START",
+            "DRAIN",
             "HOLD"
         ]
     );
@@ -81,7 +82,7 @@ fn ctl_status_table_and_json() {
         cells[..5],
         ["nats", "nats", "running", &pid.to_string(), "1"]
     );
-    assert_eq!(cells[6..], ["-", "none", "no"]);
+    assert_eq!(cells[6..], ["-", "none", "-", "no"]);
 
     let (code, out, _) = ctl(t.path(), &["status", "nats", "--json"]);
     assert_eq!(code, 0);

@@ -178,3 +178,45 @@ fn a_thousand_signals_in_a_burst() {
     assert_eq!(run.wait_exit(), 0);
     assert!(!alive(pid));
 }
+
+/// Issue 10, finding 8: a STOP whose marker cannot be written (a full disk)
+/// is no hold, and `ctl stop` says that a restart will run the job again.
+#[test]
+fn a_hold_that_cannot_be_written_is_reported_as_none() {
+    if !require_root("to mount a small tmpfs in a mount namespace") {
+        return;
+    }
+    let t = TempDir::new();
+    let base = t.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let script = format!(
+        r#"set -u
+mount -t tmpfs -o size=64k tmpfs {base}
+{bin} --base-dir {base} --job-name job -- {child} &
+cr=$!
+for i in $(seq 2000); do [ -e {base}/sys/run/bpm/job/job.pid ] && break; sleep 0.01; done
+dd if=/dev/zero of={base}/fill bs=4k 2>/dev/null
+{bin} ctl stop job --base-dir {base}
+echo "code=$?"
+[ -e {base}/data/job/job_containerrun.stopped ] && echo marker || echo no-marker
+kill -9 $cr
+wait $cr 2>/dev/null
+exit 0
+"#,
+        base = base.display(),
+        bin = bin().display(),
+        child = child().display()
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--fork", "sh", "-c", &script]);
+    let (code, out, err) = output_with_deadline(cmd);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("code=1\n") && out.contains("no-marker"),
+        "{out}{err}"
+    );
+    assert!(
+        err.contains("job/job: stopped, but the STOP marker could not be written: a container restart will run the job again"),
+        "{err}"
+    );
+}

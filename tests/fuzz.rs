@@ -112,7 +112,7 @@ proptest! {
             post_start: [PostStart::None, PostStart::Pending, PostStart::Running, PostStart::Done,
                 PostStart::Failed, PostStart::Skipped, PostStart::Cancelled][ps],
             uptime_ms: uptime, last_exit: last,
-            drain: Drain::Waiting, drain_left_ms: uptime, age_ms: starts,
+            drain: Drain::Waiting, drain_left_ms: uptime, stop_left_ms: last.map(u64::from), age_ms: starts,
         };
         let line = status.to_line();
         prop_assert_eq!(line.matches('\n').count(), 1);

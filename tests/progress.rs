@@ -82,8 +82,9 @@ fn stop_shows_the_state_and_the_wait_on_a_terminal_then_the_result_alone() {
         on_a_terminal(&["ctl", "stop", "job", "--base-dir", base]),
     );
     ctl.wait_shown("\rjob/job: stopping, ");
+    // container-run says when its SIGKILL is due (a 1 h stop timeout).
     assert!(
-        ctl.shown().contains(" s (waiting up to 30s)\x1b[K"),
+        ctl.shown().contains(" s (SIGKILL in 3"),
         "{:?}",
         ctl.shown()
     );

@@ -138,6 +138,19 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
         line.draw(e, seen)
     });
     line.clear();
+    // An operator's STOP is a hold only if its marker was written.
+    let outcomes: Vec<Outcome> = outcomes
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Done(s) if args.verb == Verb::Stop && !args.no_wait && !s.hold => {
+                Outcome::Failed(format!(
+                    "{}, but the STOP marker could not be written: a container restart will run the job again",
+                    describe(&s)
+                ))
+            }
+            other => other,
+        })
+        .collect();
     let received = commands
         .iter()
         .map(|c| c.as_str())
@@ -212,7 +225,23 @@ fn progress_text(
                 || format!("{} sent", first.as_str()),
                 |s| s.state.as_str().into(),
             );
-            format!("{}: {state}, {waited}", one.target.label)
+            // What container-run itself waits for, when it says.
+            let next = one.last.and_then(|s| {
+                let ms = |v: u64| format!("{} s", v.div_ceil(1000));
+                match (s.stop_left_ms, s.drain_left_ms) {
+                    (Some(left), _) => Some(format!("SIGKILL in {}", ms(left))),
+                    (None, Some(left)) => Some(format!("drain deadline in {}", ms(left))),
+                    _ => None,
+                }
+            });
+            match next {
+                Some(next) => format!(
+                    "{}: {state}, {} s ({next})",
+                    one.target.label,
+                    elapsed.as_secs()
+                ),
+                None => format!("{}: {state}, {waited}", one.target.label),
+            }
         }
         many => {
             let done = many.iter().filter(|s| s.done).count();
@@ -252,6 +281,20 @@ impl Report<'_> {
     }
 }
 
+/// Where the drain stands, with what is left of its deadline while it runs:
+/// `running (9m55s left)`, `waiting (2s left)`, `done`, `-` without one.
+fn drain_cell(s: &Status) -> String {
+    match (s.drain, s.drain_left_ms) {
+        (crate::protocol::Drain::None, _) => "-".into(),
+        (d, Some(left)) => format!(
+            "{} ({} left)",
+            d.as_str(),
+            format_duration(Duration::from_millis(left))
+        ),
+        (d, None) => d.as_str().into(),
+    }
+}
+
 fn describe(s: &Status) -> String {
     match s.pid {
         Some(pid) => format!("{} (pid {pid})", s.state.as_str()),
@@ -259,7 +302,7 @@ fn describe(s: &Status) -> String {
     }
 }
 
-const COLUMNS: [&str; 9] = [
+const COLUMNS: [&str; 10] = [
     "JOB",
     "PROCESS",
     "STATE",
@@ -268,6 +311,7 @@ const COLUMNS: [&str; 9] = [
     "UPTIME",
     "LAST-EXIT",
     "POST-START",
+    "DRAIN",
     "HOLD",
 ];
 
@@ -286,6 +330,7 @@ fn print_table(targets: &[Target], outcomes: &[Outcome], how: &Report) {
                 s.uptime_ms.map_or("-".into(), format_uptime),
                 s.last_exit.map_or("-".into(), |c| c.to_string()),
                 s.post_start.as_str().into(),
+                drain_cell(s),
                 if s.hold { "yes" } else { "no" }.into(),
             ]),
             other => how.report(target, other),

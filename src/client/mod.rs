@@ -333,6 +333,16 @@ impl Session {
         if self.first.is_none() {
             self.first = Some(status.clone());
         }
+        // A START that container-run ignored because it is shutting down
+        // (a drain, a SIGTERM, a crash) will never be reached: say so now.
+        if matches!(self.goal, Goal::Reach(State::Running) | Goal::Restarted) && status.exiting {
+            self.outcome = Some(Outcome::Failed(format!(
+                "START ignored: container-run is shutting down ({})",
+                status.state.as_str()
+            )));
+            self.last = Some(status);
+            return;
+        }
         let reached = match self.goal {
             Goal::Ack => true,
             Goal::Reach(state) => status.state == state && !status.pending_start,
@@ -352,22 +362,12 @@ impl Session {
     }
 }
 
-/// Bind a reply address of our own (abstract: nothing to clean up, and the
-/// supervisor needs no permission on a file of ours to answer), then connect
-/// to the target so only its datagrams reach us.
+/// A reply address of our own (see `protocol::reply_socket`), connected to
+/// the target so only its datagrams reach us. The error is an `Outcome`,
+/// large but built at most once per target.
+#[allow(clippy::result_large_err)]
 fn connect(target: &Target) -> Result<UnixDatagram, Outcome> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::SocketAddr;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let name = format!(
-        "container-run-client-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    let addr = SocketAddr::from_abstract_name(name.as_bytes())
-        .map_err(|e| Outcome::Failed(format!("cannot make a reply address: {}", os_phrase(&e))))?;
-    let sock = UnixDatagram::bind_addr(&addr)
+    let sock = crate::protocol::reply_socket()
         .map_err(|e| Outcome::Failed(format!("cannot bind a reply address: {}", os_phrase(&e))))?;
     sock.connect(&target.socket)
         .map_err(|e| send_error(target, &e))?;

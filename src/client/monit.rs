@@ -506,6 +506,7 @@ mod tests {
             last_exit: None,
             drain: Drain::None,
             drain_left_ms: None,
+            stop_left_ms: None,
             age_ms: 0,
         })
     }
