@@ -408,11 +408,20 @@ impl Machine {
                     }
                 }
             }
-            Phase::Stopping { then, .. } => {
+            Phase::Stopping { then, drain, .. } => {
                 *then = match *then {
                     Then::Stay | Then::Start => after_term,
                     exiting => exiting,
                 };
+                // A STOP ends a drain script that a TERM let run on.
+                if !term && let Some(late) = drain.take() {
+                    log::info!("STOP: killing the drain script");
+                    acts.push(Action::Signal {
+                        group: late.script.pid,
+                        signal: Signal::SIGKILL,
+                    });
+                    self.drain = Drain::Cancelled;
+                }
             }
         }
     }
@@ -676,12 +685,14 @@ impl Machine {
                 if *main == pid {
                     self.last_exit = Some(exit);
                     log::info!("the job's process {pid} {exit} during the drain");
-                    let late = match std::mem::replace(step, DrainStep::Launching) {
-                        DrainStep::Script(script) => Some(script),
-                        _ => None,
+                    let (late, result) = match std::mem::replace(step, DrainStep::Launching) {
+                        DrainStep::Script(script) => (Some(script), Drain::Cancelled),
+                        // At the barrier the drain itself is over: keep its result.
+                        DrainStep::Barrier { result, .. } => (None, result),
+                        _ => (None, Drain::Cancelled),
                     };
                     let deadline = self.drain_deadline().unwrap_or(now);
-                    self.drain = Drain::Cancelled;
+                    self.drain = result;
                     let late = late.map(|script| LateDrain { script, deadline });
                     self.begin_stop(now, Then::Exit(exit::from_wait(exit)), late, acts);
                     if let Phase::Stopping { main, .. } = &mut self.phase {
@@ -703,7 +714,7 @@ impl Machine {
                     && late.script.pid == pid
                 {
                     late.script.exit = Some(exit);
-                    self.late_drain_progress();
+                    self.late_drain_progress(acts);
                 }
             }
         }
@@ -825,7 +836,7 @@ impl Machine {
                 drain: Some(late), ..
             } => {
                 late.script.output = Some(out);
-                self.late_drain_progress();
+                self.late_drain_progress(acts);
             }
             _ => {}
         }
@@ -872,23 +883,30 @@ impl Machine {
 
     /// A drain that finishes while the job stops: only its result is left
     /// to record (the job is gone, so no wait it asks for matters).
-    fn late_drain_progress(&mut self) {
-        let Phase::Stopping { drain, .. } = &mut self.phase else {
+    fn late_drain_progress(&mut self, acts: &mut Vec<Action>) {
+        let Phase::Stopping {
+            drain,
+            kill_at,
+            group,
+            helpers,
+            ..
+        } = &mut self.phase
+        else {
             return;
         };
         let Some(LateDrain {
             script:
                 Script {
+                    pid,
                     exit: Some(exit),
                     output: Some(output),
-                    ..
                 },
             ..
         }) = drain
         else {
             return;
         };
-        let verdict = drain::judge(*exit, output);
+        let (pid, verdict) = (*pid, drain::judge(*exit, output));
         if self.drain != Drain::Cancelled {
             self.drain = match &verdict {
                 Ok(_) => Drain::Done,
@@ -900,6 +918,20 @@ impl Machine {
             Err(why) => log::error!("drain failed: {why}"),
         }
         *drain = None;
+        // What the script left in its group is spared no longer: SIGTERM
+        // now, or SIGKILL at once when the job's SIGKILL has gone out.
+        if kill_at.is_some() {
+            for signal in [Signal::SIGTERM, Signal::SIGCONT] {
+                acts.push(Action::Signal { group: pid, signal });
+            }
+        } else {
+            acts.push(Action::KillTree {
+                groups: std::iter::once(*group)
+                    .chain(helpers.iter().copied())
+                    .collect(),
+                spare: None,
+            });
+        }
     }
 
     fn enter_barrier(&mut self, result: Drain, acts: &mut Vec<Action>) {
@@ -1672,18 +1704,55 @@ mod tests {
         m.step(t, reaped(JOB, killed(15)));
         // The stop waits for the script, and its SIGKILL spares it.
         assert_eq!(m.step(t, drained(true)), []);
+        let kill_at = t + STOP_TIMEOUT;
+        let kill = |spare| Action::KillTree {
+            groups: vec![JOB],
+            spare,
+        };
+        assert_eq!(m.step(kill_at, Event::Tick), [kill(Some(DRAIN))]);
+        assert_eq!(m.step(kill_at, drained(true)), [kill(Some(DRAIN))]);
+        // The loop's order: the script is reaped, then the reap is drained,
+        // then its output is read. Once it is judged, what it left in its
+        // group is killed at once: nothing may outlive the stop timeout.
+        assert_eq!(m.step(kill_at, reaped(DRAIN, code(0))), []);
+        assert_eq!(m.step(kill_at, drained(true)), [kill(Some(DRAIN))]);
         assert_eq!(
-            m.step(t + STOP_TIMEOUT, Event::Tick),
-            [Action::KillTree {
-                groups: vec![JOB],
-                spare: Some(DRAIN)
-            }]
+            m.step(kill_at, Event::DrainOutput(b"5".to_vec())),
+            [kill(None)]
         );
-        assert_eq!(call_ends(&mut m, t, DRAIN, code(0), "5"), []);
         assert_eq!(m.snapshot(t).drain, Drain::Done);
+        assert_eq!(m.next_deadline(), None);
+        assert_eq!(m.step(kill_at, drained(true)), [kill(None)]);
         assert_eq!(
-            m.step(t, drained(false)),
+            m.step(kill_at, drained(false)),
             [Action::RemoveRunFiles, Action::Exit(0)]
+        );
+
+        // Before the stop timeout, what the script left gets SIGTERM.
+        let (mut m, t) = draining();
+        m.step(t, Event::Command(Term));
+        m.step(t, reaped(JOB, killed(15)));
+        assert_eq!(
+            call_ends(&mut m, t, DRAIN, code(0), "garbage"),
+            [
+                signal(DRAIN, Signal::SIGTERM),
+                signal(DRAIN, Signal::SIGCONT)
+            ]
+        );
+        assert_eq!(m.snapshot(t).drain, Drain::Failed);
+        assert_eq!(m.next_deadline(), Some(t + STOP_TIMEOUT));
+
+        // A STOP after the TERM ends the script at once.
+        let (mut m, t) = draining();
+        m.step(t, Event::Command(Term));
+        assert_eq!(
+            m.step(t, Event::Command(Stop)),
+            [signal(DRAIN, Signal::SIGKILL), Action::WriteHold]
+        );
+        let s = m.snapshot(t);
+        assert_eq!(
+            (s.drain, s.hold, s.drain_left),
+            (Drain::Cancelled, true, None)
         );
     }
 
@@ -1718,6 +1787,28 @@ mod tests {
         );
         assert_eq!(m.step(t, drained(true)), []);
         call_ends(&mut m, t, DRAIN, code(0), "0");
+        assert_eq!(
+            m.step(t, drained(false)),
+            [Action::RemoveRunFiles, Action::Exit(0)]
+        );
+    }
+
+    #[test]
+    fn the_jobs_exit_at_the_barrier_keeps_the_drains_result() {
+        let (mut m, t) = draining();
+        assert_eq!(
+            call_ends(&mut m, t, DRAIN, code(0), "0"),
+            [Action::AskPeers]
+        );
+        m.step(
+            t,
+            Event::PeersAnswered(Peers {
+                draining: 1,
+                ready: 0,
+            }),
+        );
+        assert_eq!(m.step(t, reaped(JOB, code(0))), [term()]);
+        assert_eq!(m.snapshot(t).drain, Drain::Done);
         assert_eq!(
             m.step(t, drained(false)),
             [Action::RemoveRunFiles, Action::Exit(0)]

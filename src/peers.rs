@@ -47,8 +47,12 @@ pub fn pod_sockets(data_dir: &Path) -> Vec<PathBuf> {
 
 pub struct PeerRound {
     sock: UnixDatagram,
-    /// Peers asked and not yet settled (answered, refused or gone).
+    /// Peers asked that have not answered as a peer yet.
     outstanding: usize,
+    /// Who answered already: a peer counts once, however often it answers.
+    answered: Vec<(String, String)>,
+    /// Answers that were no peer's (wrong uid, not a reply line).
+    ignored: usize,
     tally: Peers,
     deadline: Instant,
     uid: u32,
@@ -79,6 +83,8 @@ impl PeerRound {
         Ok(Some(PeerRound {
             sock,
             outstanding,
+            answered: Vec::new(),
+            ignored: 0,
             tally: Peers::default(),
             deadline: now + ANSWER_WITHIN,
             uid: nix::unistd::geteuid().as_raw(),
@@ -109,17 +115,36 @@ impl PeerRound {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return,
             };
-            self.outstanding -= 1;
+            // Only a trusted reply line settles a peer, once: anything else
+            // (a job user's socket answering many times, junk) must not end
+            // the round before the real peers have answered.
             let trusted = uid.is_some_and(|u| u == 0 || u == self.uid);
             match Status::from_line(&buf[..n.min(buf.len())]) {
-                Some(status) if trusted => self.count(&status),
-                Some(status) => log::warn!(
-                    "ignoring {}/{}: its answer came from uid {}, not from root or container-run's uid",
-                    status.job,
-                    status.process,
-                    uid.map_or_else(|| "?".to_string(), |u| u.to_string())
-                ),
-                None => {}
+                Some(status) if trusted => {
+                    let who = (status.job.clone(), status.process.clone());
+                    if !self.answered.contains(&who) {
+                        self.answered.push(who);
+                        self.outstanding -= 1;
+                        self.count(&status);
+                    }
+                }
+                other => {
+                    if self.ignored == 0 {
+                        let who = other.map_or_else(
+                            || "an answer that is no reply line".to_string(),
+                            |s| format!("an answer that claims to be {}/{}", s.job, s.process),
+                        );
+                        let from = uid.map_or_else(|| "?".to_string(), |u| u.to_string());
+                        if trusted {
+                            log::warn!("ignoring {who}");
+                        } else {
+                            log::warn!(
+                                "ignoring {who}: it came from uid {from}, not from root or container-run's uid"
+                            );
+                        }
+                    }
+                    self.ignored += 1;
+                }
             }
         }
     }

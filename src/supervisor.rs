@@ -249,30 +249,28 @@ impl Supervisor {
         self.feed(Event::Tick)
     }
 
+    /// Read every pending signal, then act: exits first (a job that has
+    /// already crashed is not drained when SIGTERM arrives with its
+    /// SIGCHLD), then the signals in the order they came.
     fn handle_signals(&mut self) -> Option<u8> {
         let mut child_exited = false;
+        let mut events = Vec::new();
         loop {
             match self.signals.read_signal() {
                 Ok(Some(info)) => {
                     let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                         continue;
                     };
-                    let event = match sig {
-                        Signal::SIGCHLD => {
-                            child_exited = true;
-                            continue;
-                        }
+                    match sig {
+                        Signal::SIGCHLD => child_exited = true,
                         Signal::SIGTERM | Signal::SIGINT => {
                             log::info!("received {}", sig.as_str());
-                            Event::Shutdown
+                            events.push(Event::Shutdown);
                         }
                         other => {
                             log::debug!("forwarding {}", other.as_str());
-                            Event::Forward(other)
+                            events.push(Event::Forward(other));
                         }
-                    };
-                    if let Some(code) = self.feed(event) {
-                        return Some(code);
                     }
                 }
                 Ok(None) => break,
@@ -283,8 +281,13 @@ impl Supervisor {
                 }
             }
         }
-        if child_exited {
-            return self.reap();
+        if child_exited && let Some(code) = self.reap() {
+            return Some(code);
+        }
+        for event in events {
+            if let Some(code) = self.feed(event) {
+                return Some(code);
+            }
         }
         None
     }
@@ -299,6 +302,13 @@ impl Supervisor {
             }) {
                 return Some(code);
             }
+        }
+        // A drain script that has exited has usually closed its stdout too:
+        // its output is judged before the stop decides what is left.
+        if self.drain_out.is_some()
+            && let Some(code) = self.read_drain_output()
+        {
+            return Some(code);
         }
         self.feed(Event::Drained { children_left })
     }

@@ -305,6 +305,75 @@ fn term_during_a_drain_stops_the_job_and_lets_the_script_finish() {
     assert_eq!(run.wait_exit(), 0);
     assert!(done.exists(), "the drain script was not let finish");
     assert!(!run.files.stopped.exists(), "TERM is no hold");
+    assert!(
+        run.errors().contains("drain script finished"),
+        "{}",
+        run.errors()
+    );
+}
+
+#[test]
+fn a_drain_script_that_calls_bpm_stop_is_not_kept_waiting_for_itself() {
+    let t = TempDir::new();
+    let bpm = t.path().join("jobs/bpm/bin/bpm");
+    let rc = t.file("bpm-rc");
+    // The pattern of BOSH drain scripts: stop the job, then report done.
+    let body = format!(
+        "{bpm} stop rep; echo $? > {rc}; echo 0",
+        bpm = bpm.display(),
+        rc = rc.display()
+    );
+    let (script, _) = drain_script(&t, &body);
+    let rec = Recorder::new(&t, &[]);
+    let mut run = Run::builder(t.path(), "rep")
+        .arg("--drain-name")
+        .arg(&script)
+        .spawn(&rec.command);
+    run.wait_running();
+    rec.wait_ready();
+    wait_until("bpm link installed", || bpm.exists());
+    run.signal(libc::SIGTERM);
+    // bpm's own wait (30 s) ends once the job is gone, not when the drain
+    // script it runs in has ended; container-run's exit proves both.
+    assert_eq!(run.wait_exit(), 0);
+    assert_eq!(std::fs::read_to_string(&rc).unwrap().trim(), "0");
+    assert_eq!(rec.signals(), ["SIGTERM"]);
+    assert!(
+        run.errors().contains("drain script finished"),
+        "{}",
+        run.errors()
+    );
+}
+
+#[test]
+fn what_a_finishing_drain_leaves_behind_does_not_hold_the_stop() {
+    let t = TempDir::new();
+    let bpm = t.path().join("jobs/bpm/bin/bpm");
+    let left = t.file("left");
+    // TERM lets the script run on past the job's 1 s stop timeout; it then
+    // leaves a process in its group that holds no pipe of container-run's.
+    let body = format!(
+        "{bpm} stop rep; sleep 2; sleep 300 >/dev/null 2>&1 & echo $! > {left}; echo 0",
+        bpm = bpm.display(),
+        left = left.display()
+    );
+    let (script, _) = drain_script(&t, &body);
+    let rec = Recorder::new(&t, &[]);
+    let mut run = Run::builder(t.path(), "rep")
+        .arg("--drain-name")
+        .arg(&script)
+        .args(["--stop-timeout", "1s"])
+        .spawn(&rec.command);
+    run.wait_running();
+    rec.wait_ready();
+    wait_until("bpm link installed", || bpm.exists());
+    run.signal(libc::SIGTERM);
+    let leftover: i32 = wait_for("the leftover's pid", || {
+        std::fs::read_to_string(&left).ok()?.trim().parse().ok()
+    });
+    run.track(leftover);
+    assert_eq!(run.wait_exit(), 0);
+    wait_until("the leftover is gone", || !alive(leftover));
 }
 
 #[test]
@@ -400,6 +469,15 @@ fn a_single_container_restart_does_not_wait_for_a_peer_that_runs_on() {
     c.garden.signal(libc::SIGTERM);
     assert_eq!(c.garden.wait_exit(), 0);
     assert!(c.garden_term.exists());
+    // It did wait for rep during the settling window (rep has a drain and
+    // might have been signalled too), then went on without it.
+    assert!(
+        c.garden
+            .errors()
+            .contains("waiting for 1 draining container-run"),
+        "{}",
+        c.garden.errors()
+    );
     let s = c.rep.status();
     assert_eq!(
         (s["state"].as_str(), s["drain"].as_str()),
@@ -431,7 +509,7 @@ fn a_fake_peer_that_claims_to_drain_is_no_peer() {
     let line = r#"{"state":"draining","pid":1,"job":"fake","process":"fake","starts":1,"hold":false,"pending_start":false,"post_start":"none","uptime_ms":1,"last_exit":null,"drain":"running","drain_left_ms":600000,"age_ms":1}"#;
     let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\n\
          open(sys.argv[1]+'.ready','w').close()\n\
-         while True:\n  d,a=s.recvfrom(100)\n  s.sendto(sys.argv[2].encode(),a)\n";
+         while True:\n  d,a=s.recvfrom(100)\n  for j in [b'x',b'{}',b'junk',sys.argv[2].encode()]*2: s.sendto(j,a)\n";
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&fake_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let fake = std::process::Command::new("setpriv")
@@ -450,13 +528,21 @@ fn a_fake_peer_that_claims_to_drain_is_no_peer() {
     let _fake = KilledOnDrop(fake);
     let ready = PathBuf::from(format!("{}.ready", sock.display()));
     wait_until("fake peer bound", || ready.exists());
-    let rec = Recorder::new(&t, &[]);
-    let mut run = Run::builder(t.path(), "garden").spawn(&rec.command);
-    run.wait_running();
-    rec.wait_ready();
-    run.signal(libc::SIGTERM);
-    assert_eq!(run.wait_exit(), 0);
-    assert!(run.errors().contains("not from root"), "{}", run.errors());
+    // Beside it, a real pod: the fake, answering eight times per question,
+    // must neither hold garden nor end its round before rep has answered.
+    let mut c = cell(&t);
+    c.garden.signal(libc::SIGTERM);
+    c.rep.signal(libc::SIGTERM);
+    assert_eq!(c.garden.wait_exit(), 0);
+    assert_eq!(c.rep.wait_exit(), 0);
+    let garden_stopped = ns(&std::fs::read_to_string(&c.garden_term).unwrap());
+    let rep_drained = ns(&std::fs::read_to_string(&c.rep_drained).unwrap());
+    assert!(garden_stopped >= rep_drained, "garden did not wait for rep");
+    assert!(
+        c.garden.errors().contains("not from root"),
+        "{}",
+        c.garden.errors()
+    );
 }
 
 #[test]

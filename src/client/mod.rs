@@ -345,7 +345,10 @@ impl Session {
         }
         let reached = match self.goal {
             Goal::Ack => true,
-            Goal::Reach(state) => status.state == state && !status.pending_start,
+            Goal::Reach(state) => {
+                (status.state == state && !status.pending_start)
+                    || (state == State::Stopped && job_gone_drain_finishing(&status))
+            }
             Goal::Restarted => {
                 status.state.is_up()
                     && !status.pending_start
@@ -360,6 +363,13 @@ impl Session {
         }
         self.last = Some(status);
     }
+}
+
+/// The job's process is gone and what is left is a drain script that
+/// container-run lets finish (a TERM during the drain, SPEC section 8): a
+/// drain script's own `bpm stop JOB` must not wait for itself to end.
+fn job_gone_drain_finishing(s: &Status) -> bool {
+    s.state == State::Stopping && s.pid.is_none() && s.drain == crate::protocol::Drain::Running
 }
 
 /// A reply address of our own (see `protocol::reply_socket`), connected to
