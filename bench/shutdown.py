@@ -25,23 +25,12 @@ import subprocess
 import tempfile
 import time
 
+from bench import now_ns, wait_until  # the side-by-side bench's clock and bounded waits
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CR = os.path.join(ROOT, "target/static/container-run")
 CHILD = os.path.join(ROOT, "target/release/examples/testchild")
-DEADLINE = 30.0
-
-
-def now_ns():
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-def wait_until(cond, timeout=DEADLINE, poll=0.001):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(poll)
-    return cond()
+DEADLINE = 30.0  # seconds any single wait may take
 
 
 class Listener:

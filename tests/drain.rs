@@ -26,6 +26,20 @@ fn drain_script(t: &TempDir, body: &str) -> (PathBuf, PathBuf) {
     (script, calls)
 }
 
+/// A container-run for job `rep` with `--drain-name SCRIPT` and `extra`
+/// flags, whose job records its signals; returns once the job has set up.
+fn rep_draining(t: &TempDir, script: &Path, extra: &[&str]) -> (Recorder, Run) {
+    let rec = Recorder::new(t, &[]);
+    let run = Run::builder(t.path(), "rep")
+        .arg("--drain-name")
+        .arg(script)
+        .args(extra)
+        .spawn(&rec.command);
+    run.wait_running();
+    rec.wait_ready();
+    (rec, run)
+}
+
 fn calls(path: &Path) -> Vec<Vec<String>> {
     lines(path)
         .iter()
@@ -149,13 +163,7 @@ fn a_failed_drain_never_blocks_the_stop() {
     ] {
         let t = TempDir::new();
         let (script, _) = drain_script(&t, body);
-        let rec = Recorder::new(&t, &[]);
-        let mut run = Run::builder(t.path(), "rep")
-            .arg("--drain-name")
-            .arg(&script)
-            .spawn(&rec.command);
-        run.wait_running();
-        rec.wait_ready();
+        let (rec, mut run) = rep_draining(&t, &script, &[]);
         run.signal(libc::SIGTERM);
         assert_eq!(run.wait_exit(), 0, "{body}");
         assert!(run.errors().contains(says), "{body}: {}", run.errors());
@@ -186,14 +194,7 @@ fn a_hanging_drain_that_forks_is_killed_at_its_deadline_with_its_children() {
         p = pids.display()
     );
     let (script, _) = drain_script(&t, &body);
-    let rec = Recorder::new(&t, &[]);
-    let mut run = Run::builder(t.path(), "rep")
-        .arg("--drain-name")
-        .arg(&script)
-        .args(["--drain-timeout", "1s"])
-        .spawn(&rec.command);
-    run.wait_running();
-    rec.wait_ready();
+    let (_rec, mut run) = rep_draining(&t, &script, &["--drain-timeout", "1s"]);
     run.signal(libc::SIGTERM);
     wait_until("the drain's pids", || lines(&pids).len() == 2);
     let drain_pids: Vec<i32> = lines(&pids).iter().map(|l| l.parse().unwrap()).collect();
@@ -216,13 +217,7 @@ fn stop_during_a_drain_ends_it_and_holds_and_a_second_sigterm_changes_nothing() 
     let pids = t.file("pids");
     let body = format!("echo $$ >> {p}; exec sleep 1000", p = pids.display());
     let (script, calls_file) = drain_script(&t, &body);
-    let rec = Recorder::new(&t, &[]);
-    let mut run = Run::builder(t.path(), "rep")
-        .arg("--drain-name")
-        .arg(&script)
-        .spawn(&rec.command);
-    run.wait_running();
-    rec.wait_ready();
+    let (rec, mut run) = rep_draining(&t, &script, &[]);
     run.signal(libc::SIGTERM);
     let drain_pid: i32 = wait_for("drain running", || lines(&pids).first()?.parse().ok());
     run.track(drain_pid);
@@ -251,13 +246,7 @@ fn stop_and_term_never_drain() {
     for cmd in ["STOP", "TERM"] {
         let t = TempDir::new();
         let (script, calls_file) = drain_script(&t, "echo 0");
-        let rec = Recorder::new(&t, &[]);
-        let mut run = Run::builder(t.path(), "rep")
-            .arg("--drain-name")
-            .arg(&script)
-            .spawn(&rec.command);
-        run.wait_running();
-        rec.wait_ready();
+        let (rec, mut run) = rep_draining(&t, &script, &[]);
         command_until(&client(&run.files.socket), cmd, "stopped");
         assert_eq!(rec.signals(), ["SIGTERM"]);
         assert!(!calls_file.exists(), "{cmd} ran the drain");
@@ -281,13 +270,7 @@ fn term_during_a_drain_stops_the_job_and_lets_the_script_finish() {
         done = done.display()
     );
     let (script, _) = drain_script(&t, &body);
-    let rec = Recorder::new(&t, &[]);
-    let mut run = Run::builder(t.path(), "rep")
-        .arg("--drain-name")
-        .arg(&script)
-        .spawn(&rec.command);
-    run.wait_running();
-    rec.wait_ready();
+    let (rec, mut run) = rep_draining(&t, &script, &[]);
     run.signal(libc::SIGTERM);
     wait_until("drain running", || t.file("go.asked").exists());
     send(&run.files.socket, "TERM");
@@ -324,13 +307,7 @@ fn a_drain_script_that_calls_bpm_stop_is_not_kept_waiting_for_itself() {
         rc = rc.display()
     );
     let (script, _) = drain_script(&t, &body);
-    let rec = Recorder::new(&t, &[]);
-    let mut run = Run::builder(t.path(), "rep")
-        .arg("--drain-name")
-        .arg(&script)
-        .spawn(&rec.command);
-    run.wait_running();
-    rec.wait_ready();
+    let (rec, mut run) = rep_draining(&t, &script, &[]);
     wait_until("bpm link installed", || bpm.exists());
     run.signal(libc::SIGTERM);
     // bpm's own wait (30 s) ends once the job is gone, not when the drain
@@ -358,14 +335,7 @@ fn what_a_finishing_drain_leaves_behind_does_not_hold_the_stop() {
         left = left.display()
     );
     let (script, _) = drain_script(&t, &body);
-    let rec = Recorder::new(&t, &[]);
-    let mut run = Run::builder(t.path(), "rep")
-        .arg("--drain-name")
-        .arg(&script)
-        .args(["--stop-timeout", "1s"])
-        .spawn(&rec.command);
-    run.wait_running();
-    rec.wait_ready();
+    let (_rec, mut run) = rep_draining(&t, &script, &["--stop-timeout", "1s"]);
     wait_until("bpm link installed", || bpm.exists());
     run.signal(libc::SIGTERM);
     let leftover: i32 = wait_for("the leftover's pid", || {
