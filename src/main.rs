@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             Some("ctl") => client::ctl::main(args[1..].to_vec()),
             Some("bpm") => client::bpm::main(args[1..].to_vec()),
             Some("probe") => client::probe::main(args[1..].to_vec()),
+            Some("install") => container_run::install::main(args[1..].to_vec()),
             _ => run(args),
         }
     };
