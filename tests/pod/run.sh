@@ -116,8 +116,13 @@ cleanup() {
 trap cleanup EXIT
 
 # --- images ---------------------------------------------------------------
-[ -x target/static/container-run ] && [ -x target/static/testchild ] ||
-  scripts/build-static >/dev/null || cannot_run "scripts/build-static failed"
+# The binaries of this checkout (cargo rebuilds only what changed).
+scripts/build-static >"$T/build-static.log" 2>&1 || {
+  tail -20 "$T/build-static.log" >&2
+  echo "tests/pod: scripts/build-static failed"
+  echo "0 passed, 1 failed"
+  exit 1
+}
 build() { # TAG CONTEXT [FILE]
   podman build -q --network none -t "localhost/crt-pod/$1:1" ${3:+-f "$3"} "$2" >"$T/build-$1.log" 2>&1 ||
     cannot_run "podman build $1: $(tail -3 "$T/build-$1.log")"
@@ -393,9 +398,9 @@ EOF
   local stopper=$!
   wait_until "rep's drain called" 30 grep -q -x "rep drain job_shutdown hash_unchanged" "$events"
   local gsock=$data/garden/garden_containerrun.sock rsock=$data/rep/rep_containerrun.sock
-  grep -q "garden TERM" "$events" && fail "garden got SIGTERM while rep drains"
-  [ "$(cr ctl status --socket "$gsock" --json | jq -r .state)" = draining ] ||
-    fail "garden: $(cr ctl status --socket "$gsock" --json)"
+  garden_draining() { [ "$(cr ctl status --socket "$gsock" --json | jq -r .state)" = draining ]; }
+  wait_until "garden's SIGTERM (it then waits at the barrier)" 30 garden_draining
+  grep -q "garden TERM" "$events" && fail "garden's job got SIGTERM while rep drains"
   [ "$(cr ctl status --socket "$rsock" --json | jq -r .drain)" = running ] ||
     fail "rep: $(cr ctl status --socket "$rsock" --json)"
   # Readiness during the drain: the job still serves.
