@@ -264,7 +264,10 @@ scenario_page() {
   probes_say() {
     expect "$1" podman exec $nats "${ready[@]}"
     expect "$2" podman exec $nats "${live[@]}"
-    expect "$2" podman healthcheck run $nats
+    local code=0
+    podman healthcheck run $nats >"$T/out" 2>&1 || code=$?
+    [ $code = "$2" ] || fail "podman healthcheck run: exit $code, not $2: $(podman inspect $nats \
+      --format '{{json .State.Healthcheck.Log}}' 2>&1 | tail -c 800)"
   }
   probes_say 0 0
 
@@ -304,6 +307,11 @@ scenario_page() {
   done 3< <(awk '/^```/ { sh = ($0 == "```sh"); next } sh && NF && $1 !~ /^#/ { print NR "\t" $0 }' "$page")
   [ $n -ge 15 ] || fail "only $n shell commands found in $page"
   note "ran the page's $n shell commands, probes as podman and the kubelet run them"
+  # From the container without a shell, the job in the other container.
+  expect 0 podman exec $rr $CR ctl stop nats
+  is_state $nats $CR nats stopped true || fail "nats after a stop from route-registrar"
+  expect 0 podman exec $rr $CR ctl start nats
+  is_state $nats $CR nats running false || fail "nats after a start from route-registrar"
 
   # A STOP outlives a restart of the container; a TERM does not.
   expect 0 podman exec $nats $CR ctl stop nats
@@ -440,13 +448,23 @@ scenario_errand() {
   [ -s "$yaml" ] || fail "no pod smoke-tests in $page"
   [[ $($repo/target/static/container-run --help) == *--errand* ]] ||
     fail "container-run has no --errand yet (SPEC section 9)"
-  play "$yaml"
-  wait_until "the errand's container ends by itself" 60 \
-    sh -c "[ \"\$(podman inspect $ctr --format '{{.State.Status}}')\" = exited ]"
-  [ "$(exit_code $ctr)" = 0 ] || fail "errand exited $(exit_code $ctr)"
-  podman logs $ctr 2>&1 | grep -q "smoke tests passed" || fail "errand's output: $(podman logs $ctr 2>&1)"
-  note "errand pod ended by itself, exit 0, seen by podman"
-  podman pod rm -f -t 0 $pod >/dev/null 2>&1
+  # The same pod with an errand that fails: its image sets SMOKE_TESTS_EXIT.
+  printf 'FROM localhost/crt-pod/jobs:1\nENV SMOKE_TESTS_EXIT=3\n' >"$T/errand-fails.Containerfile"
+  podman build -q --network none -t localhost/crt-pod/jobs-failing-errand:1 \
+    -f "$T/errand-fails.Containerfile" "$T/ctx/pause" >/dev/null 2>&1 || fail "podman build"
+  local status image
+  for status in 0 3; do
+    image=localhost/crt-pod/jobs:1
+    [ $status = 0 ] || image=localhost/crt-pod/jobs-failing-errand:1
+    sed "s|localhost/crt-pod/jobs:1|$image|" "$yaml" >"$T/errand-$status.yaml"
+    play "$T/errand-$status.yaml"
+    wait_until "the errand's container ends by itself" 60 \
+      sh -c "[ \"\$(podman inspect $ctr --format '{{.State.Status}}')\" = exited ]"
+    [ "$(exit_code $ctr)" = $status ] || fail "errand exited $(exit_code $ctr), not $status"
+    [[ $(podman logs $ctr 2>&1) == *"smoke tests ran"* ]] || fail "errand's output: $(podman logs $ctr 2>&1)"
+    podman pod rm -f -t 0 $pod >/dev/null 2>&1
+  done
+  note "the errand pod ended by itself with the errand's status (0, then 3), seen by podman"
 }
 
 # --- dumb-init: as the Quarks operator starts container-run ---------------
