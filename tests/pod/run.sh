@@ -2,8 +2,10 @@
 # The pods of docs/kubernetes.md in a real container engine: podman kube
 # play, runc, images built here FROM scratch, no network, no pulls. Every
 # setting and file lives in one temporary directory (CONTAINERS_CONF,
-# CONTAINERS_STORAGE_CONF, runc's state); every pod, container and image is
-# removed at the end. Needs root, podman, runc, catatonit, busybox-static,
+# CONTAINERS_STORAGE_CONF, runc's state), in a private mount namespace
+# whose /run, /dev/shm, /var/tmp and /var/lib/containers are tmpfs: the
+# machine's configuration and state are left alone. Every pod, container
+# and image is removed at the end. Needs root, podman, runc, catatonit, busybox-static,
 # dumb-init and jq (.ci/run installs them).
 #
 #   tests/pod/run.sh [SCENARIO...]     default: all of them, in this order
@@ -46,9 +48,10 @@ for s in "${scenarios[@]}"; do
   case " ${all_scenarios[*]} " in *" $s "*) ;; *) echo "unknown scenario: $s" >&2; exit 2 ;; esac
 done
 
-# A private mount namespace: podman writes an image cache under
-# /var/lib/containers and temporary files in /var/tmp whatever its
-# configuration says; there both are tmpfs that end with the suite.
+# A private mount namespace: whatever its configuration says, podman keeps
+# its locks in /dev/shm (shared by every root podman of the machine), state
+# under /run, an image cache under /var/lib/containers and temporary files
+# in /var/tmp; there each is a tmpfs that ends with the suite.
 if [ -z "${CRT_POD_INNER:-}" ]; then
   made=
   [ -e /var/lib/containers ] || { mkdir /var/lib/containers && made=1; }
@@ -57,7 +60,7 @@ if [ -z "${CRT_POD_INNER:-}" ]; then
   [ -z "$made" ] || rmdir /var/lib/containers
   exit $rc
 fi
-for mnt in /var/lib/containers:0700 /var/tmp:1777; do
+for mnt in /run:0755 /dev/shm:1777 /var/lib/containers:0700 /var/tmp:1777; do
   mount -t tmpfs -o "size=64m,mode=${mnt#*:}" tmpfs "${mnt%:*}" ||
     cannot_run "cannot mount a tmpfs on ${mnt%:*} in a private mount namespace"
 done
@@ -93,6 +96,8 @@ image_copy_tmp_dir = "$T/tmp"
 infra_image = "localhost/crt-pod/pause:1"
 [engine.runtimes]
 runc = ["$T/bin/runc"]
+[network]
+network_config_dir = "$T/networks"
 EOF
 cat >"$T/storage.conf" <<EOF
 [storage]
