@@ -5,8 +5,8 @@
 # CONTAINERS_STORAGE_CONF, runc's state), in a private mount namespace
 # whose /run, /dev/shm, /var/tmp and /var/lib/containers are tmpfs: the
 # machine's configuration and state are left alone. Every pod, container
-# and image is removed at the end. Needs root, podman, runc, catatonit, busybox-static,
-# dumb-init and jq (.ci/run installs them).
+# and image is removed at the end. Needs root, podman, runc, catatonit,
+# busybox-static, dumb-init and jq (.ci/run installs them).
 #
 #   tests/pod/run.sh [SCENARIO...]     default: all of them, in this order
 #
