@@ -19,6 +19,7 @@ Other modes of the same binary:
   container-run ctl start|stop|term|quit|status|restart JOB [-p PROCESS]
   container-run bpm start|stop|term|quit|pid|running JOB [-p PROCESS]
   container-run probe JOB [-p PROCESS] -- CHECK [ARG...]
+  container-run install DIR   (copy this binary to DIR/container-run)
   (each has its own --help, or `container-run help MODE`; invoked as `bpm`,
   the binary is the bpm command)
 

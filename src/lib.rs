@@ -9,6 +9,7 @@ pub mod client;
 pub mod drain;
 pub mod error;
 pub mod exit;
+pub mod install;
 pub mod logger;
 pub mod machine;
 pub mod paths;

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
             Some("monit") => client::monit::main(args[1..].to_vec()),
             Some("probe") => client::probe::main(args[1..].to_vec()),
             Some("help") => help(&args),
+            Some("install") => container_run::install::main(args[1..].to_vec()),
             _ => run(args),
         }
     };

@@ -2,7 +2,8 @@
 //! container-runs: the docs say only what the binary does. `/var/vcap` in a
 //! command becomes the test's base directory; a stand-in `kubectl` runs the
 //! command after `--` locally and lists one pod. A trailing `# exits N`
-//! gives the exit code a command must have (0 otherwise).
+//! gives the exit code a command must have (0 otherwise). The same page's
+//! pod runs in a real container engine in tests/pod/run.sh.
 
 mod common;
 
@@ -35,10 +36,25 @@ fn expected_exit(line: &str) -> i32 {
         .unwrap_or(0)
 }
 
-fn install_tools(dir: &Path) {
+/// The init containers' commands in the YAML: a JSON list on one
+/// `command:` line whose second word is `install`.
+fn install_commands(markdown: &str) -> Vec<Vec<String>> {
+    markdown
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("command: "))
+        .filter_map(|list| serde_json::from_str::<Vec<String>>(list).ok())
+        .filter(|c| c.get(1).map(String::as_str) == Some("install"))
+        .collect()
+}
+
+/// A stand-in `kubectl` in `dir`; with `dev_tools` also `container-run` and
+/// `bpm` (migrating.md runs them from PATH; a job's image has neither).
+fn install_tools(dir: &Path, dev_tools: bool) {
     std::fs::create_dir_all(dir).unwrap();
-    std::os::unix::fs::symlink(bin(), dir.join("container-run")).unwrap();
-    std::os::unix::fs::symlink(bin(), dir.join("bpm")).unwrap();
+    if dev_tools {
+        std::os::unix::fs::symlink(bin(), dir.join("container-run")).unwrap();
+        std::os::unix::fs::symlink(bin(), dir.join("bpm")).unwrap();
+    }
     let kubectl = dir.join("kubectl");
     std::fs::write(
         &kubectl,
@@ -53,21 +69,38 @@ fn install_tools(dir: &Path) {
 fn every_shell_command_in_the_docs_works() {
     let t = TempDir::new();
     let base = t.file("vcap");
-    let tools = t.file("bin");
-    install_tools(&tools);
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let system_path = std::env::var("PATH").unwrap_or_default();
+
+    // The init container's step, as the page writes it; `/container-run`
+    // is the binary in the image it runs in.
+    let kubernetes = std::fs::read_to_string(docs.join("kubernetes.md")).unwrap();
+    let installs = install_commands(&kubernetes);
+    assert!(
+        installs.len() >= 2,
+        "init containers on the page: {installs:?}"
+    );
+    assert!(installs.iter().all(|c| c == &installs[0]), "{installs:?}");
+    assert_eq!(installs[0][0], "/container-run");
+    let mut init = Command::new(bin());
+    init.args(
+        installs[0][1..]
+            .iter()
+            .map(|a| a.replace("/var/vcap", &base.display().to_string())),
+    );
+    assert_eq!(output_with_deadline(init).0, 0);
+    assert!(base.join("data/container-run/container-run").exists());
+
     let nats = Run::builder(&base, "nats").spawn([child()]);
     let rr = Run::builder(&base, "route_registrar").spawn([child()]);
     nats.wait_running();
     rr.wait_running();
-    let path = format!(
-        "{}:{}",
-        tools.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
 
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
     let mut ran = 0;
-    for name in ["kubernetes.md", "migrating.md"] {
+    for (name, dev_tools) in [("kubernetes.md", false), ("migrating.md", true)] {
+        let tools = t.file(&format!("bin-{name}"));
+        install_tools(&tools, dev_tools);
+        let path = format!("{}:{system_path}", tools.display());
         let text = std::fs::read_to_string(docs.join(name)).unwrap();
         for (line_no, line) in shell_lines(&text) {
             let command = line.replace("/var/vcap", &base.display().to_string());
@@ -105,4 +138,10 @@ fn shell_blocks_are_found_and_exit_codes_read() {
     );
     assert_eq!(expected_exit(&lines[1].1), 1);
     assert_eq!(expected_exit("x"), 0);
+}
+
+#[test]
+fn install_commands_are_found() {
+    let md = "```yaml\n  command: [\"/c\", \"install\", \"/d\"]\n  command: [\"/c\"]\n```\n";
+    assert_eq!(install_commands(md), [["/c", "install", "/d"]]);
 }
