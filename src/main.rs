@@ -1,6 +1,6 @@
-//! Dispatch to the supervisor, `ctl`, `bpm`, `monit` or `probe`, and the
-//! one place where errors (and help, which is no error) become output and
-//! exit codes.
+//! Dispatch to the supervisor, `ctl`, `bpm`, `monit`, `probe` or
+//! `install`, and the one place where errors (and help, which is no error)
+//! become output and exit codes.
 
 use std::ffi::OsString;
 use std::io::Write;
