@@ -95,7 +95,7 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
     if let Err(e) = state_files::remove_run_files(paths) {
         return Err(Fatal::setup("cannot remove stale run files", e));
     }
-    crate::client::bpm::install_shim(paths);
+    state_files::install_links(paths);
 
     let hold = state_files::hold_in_force(paths);
     let machine = Machine::new(
@@ -127,6 +127,7 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
 impl Supervisor {
     fn event_loop(&mut self) -> u8 {
         loop {
+            crate::logger::flush_pending();
             let timeout = self
                 .machine
                 .next_deadline()
