@@ -580,7 +580,8 @@ fn bpm_and_monit_links_are_installed_without_following_planted_links() {
 #[test]
 fn durations_that_do_not_fit_the_clock_are_usage_errors() {
     let huge = "18446744073709551615";
-    let cases: [(&[&str], Option<(&str, &str)>); 4] = [
+    type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>);
+    let cases: [Case; 4] = [
         (&["--stop-timeout", huge], None),
         (&["--condition-interval", "9223372036854775807"], None),
         (
@@ -682,7 +683,8 @@ fn pipe_full(probe: &std::fs::File) -> bool {
     use std::io::Write;
     for _ in 0..libc::PIPE_BUF * 2 {
         match (&*probe).write(&[0]) {
-            Ok(_) => continue,
+            Ok(1) => continue,
+            Ok(_) => return false,
             Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
         }
     }
