@@ -73,19 +73,25 @@ pub fn open_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd
 }
 
 fn open_child_dir(parent: BorrowedFd, name: &OsStr, create: bool) -> io::Result<OwnedFd> {
-    let created = create
-        && match mkdirat(parent, name, Mode::from_bits_truncate(DIR_MODE)) {
-            Ok(()) => true,
-            Err(Errno::EEXIST) => false,
-            Err(e) => return Err(errno(e)),
-        };
-    let fd = openat(parent, name, DIR_FLAGS, Mode::empty()).map_err(|e| match e {
-        Errno::ELOOP | Errno::ENOTDIR => io::Error::other(format!(
-            "{} is not a directory (a symbolic link?): not following it",
-            name.to_string_lossy()
-        )),
-        e => errno(e),
-    })?;
+    let open = || {
+        openat(parent, name, DIR_FLAGS, Mode::empty()).map_err(|e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => io::Error::other(format!(
+                "{} is not a directory (a symbolic link?): not following it",
+                name.to_string_lossy()
+            )),
+            e => errno(e),
+        })
+    };
+    match open() {
+        Err(e) if create && e.kind() == io::ErrorKind::NotFound => {}
+        other => return other,
+    }
+    let created = match mkdirat(parent, name, Mode::from_bits_truncate(DIR_MODE)) {
+        Ok(()) => true,
+        Err(Errno::EEXIST) => false,
+        Err(e) => return Err(errno(e)),
+    };
+    let fd = open()?;
     if created {
         // An explicit mode: the umask may be anything, 000 included.
         fchmod(fd.as_fd(), Mode::from_bits_truncate(DIR_MODE)).map_err(errno)?;
@@ -113,13 +119,7 @@ pub fn open_parent<'a>(
 /// or none: a temporary with an unpredictable name, created O_EXCL|O_NOFOLLOW
 /// (a link planted anywhere is never followed), its mode set through its fd,
 /// then renamed in the same directory.
-pub fn write_in(
-    dir: BorrowedFd,
-    name: &OsStr,
-    contents: &[u8],
-    mode: u32,
-    sync: bool,
-) -> io::Result<()> {
+pub fn write_in(dir: BorrowedFd, name: &OsStr, contents: &[u8], mode: u32) -> io::Result<()> {
     let mut tmp = OsString::from(".");
     tmp.push(name);
     tmp.push(format!(".{}", random_suffix()?));
@@ -134,7 +134,6 @@ pub fn write_in(
     let result = fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
         .map_err(errno)
         .and_then(|()| file.write_all(contents))
-        .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
         .and_then(|()| renameat(dir, tmp.as_os_str(), dir, name).map_err(errno));
     if result.is_err() {
         let _ = unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
@@ -151,9 +150,9 @@ pub fn remove_in(dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
     }
 }
 
-fn write_file(paths: &Paths, file: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
+fn write_file(paths: &Paths, file: &Path, contents: &[u8]) -> io::Result<()> {
     let (dir, name) = open_parent(paths, file, true)?;
-    write_in(dir.as_fd(), name, contents, FILE_MODE, sync)
+    write_in(dir.as_fd(), name, contents, FILE_MODE)
 }
 
 fn remove_file(paths: &Paths, file: &Path) -> io::Result<()> {
@@ -168,8 +167,8 @@ fn remove_file(paths: &Paths, file: &Path) -> io::Result<()> {
 /// they describe a running container, and a crash of the node ends it too
 /// (container-run removes stale ones at start).
 pub fn write_run_files(paths: &Paths, pid: i32) -> io::Result<()> {
-    write_file(paths, &paths.pidfile, format!("{pid}\n").as_bytes(), false)?;
-    write_file(paths, &paths.running, b"", false)
+    write_file(paths, &paths.pidfile, format!("{pid}\n").as_bytes())?;
+    write_file(paths, &paths.running, b"")
 }
 
 pub fn remove_run_files(paths: &Paths) -> io::Result<()> {
@@ -185,9 +184,10 @@ pub fn hold_in_force(paths: &Paths) -> bool {
         .is_ok_and(|(dir, name)| fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok())
 }
 
-/// The one file meant to outlive the container: synced before it counts.
+/// Not synced either: the marker must outlive the container, and the page
+/// cache outlives it; an fsync here would delay every STOP by a disk flush.
 pub fn write_hold(paths: &Paths) -> io::Result<()> {
-    write_file(paths, &paths.stopped, b"STOP\n", true)
+    write_file(paths, &paths.stopped, b"STOP\n")
 }
 
 pub fn remove_hold(paths: &Paths) -> io::Result<()> {
