@@ -397,15 +397,14 @@ fn a_socket_renamed_over_the_control_socket_is_taken_back() {
         ns.stderr_text()
             .contains("was replaced by a socket of uid 65534: taking the name back")
     });
-    let s = wait_for("container-run answers on its name again", || {
-        try_request(&ns.files.socket, "STATUS")
+    // The warning comes first, then the name is taken back: wait for the
+    // name to hold root's socket before asking it (the intruder's socket
+    // would never answer).
+    wait_until("the name holds container-run's socket again", || {
+        std::fs::symlink_metadata(&ns.files.socket).is_ok_and(|m| m.uid() == 0)
     });
+    let s = request(&ns.files.socket, "STATUS");
     assert_eq!(s["state"], "running");
-    assert_eq!(
-        std::fs::symlink_metadata(&ns.files.socket).unwrap().uid(),
-        0,
-        "the name holds container-run's socket"
-    );
 }
 
 /// Finding 4: a member of the socket's group opens 1,000 sockets (half of
@@ -466,6 +465,9 @@ fn a_thousand_peers_that_never_read_cannot_silence_it() {
         os("true"),
     ]);
     assert_eq!(code, 0, "probe: {err}");
+    // The connected half filled the first socket's buffer: it was rotated.
+    let log = ns.stderr_text();
+    assert!(log.contains("a fresh socket takes its name"), "{log}");
 }
 
 /// Finding 7: a group member sends STOP from a path it bound, then swaps
