@@ -20,7 +20,7 @@
 //! sent with the sender's uid and gid, so it reaches only a socket its
 //! sender could have sent to itself.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -77,6 +77,9 @@ pub struct ControlSocket {
     /// connected peers make it give the name to a fresh socket.
     rotate_above: usize,
     rotate: Cell<bool>,
+    /// Peers that were connected to a control socket at their last reply:
+    /// tried there first, saving a fresh socket that they would refuse.
+    connected: RefCell<VecDeque<Vec<u8>>>,
     path_senders: VecDeque<(PathBuf, u32, u32)>,
     unnamed: SocketAddr,
     me: Identity,
@@ -270,6 +273,7 @@ impl ControlSocket {
             watch: None,
             rotate_above: sndbuf / 2,
             rotate: Cell::new(false),
+            connected: RefCell::new(VecDeque::new()),
             path_senders: VecDeque::new(),
             unnamed,
             me,
@@ -625,36 +629,57 @@ impl ControlSocket {
             }
             _ => None,
         };
+        let key = address_key(to);
+        let was_connected = self.connected.borrow().contains(&key);
+        if was_connected && self.send_from_control(&addr, line) {
+            return;
+        }
         match send_from_fresh_socket(&addr, line.as_bytes()) {
-            Ok(()) => return,
+            Ok(()) => {
+                if was_connected {
+                    self.connected.borrow_mut().retain(|k| *k != key);
+                }
+                return;
+            }
             Err(Errno::EPERM) => {}
             Err(e) => {
                 log::debug!("reply not delivered: {e}");
                 return;
             }
         }
-        // The peer is connected: only the socket it is connected to may
-        // send to it.
+        if !was_connected && self.send_from_control(&addr, line) {
+            let mut connected = self.connected.borrow_mut();
+            if connected.len() == MAX_PATH_SENDERS {
+                connected.pop_back();
+            }
+            connected.push_front(key);
+        }
+    }
+
+    /// The peer is connected: only the socket it is connected to may send
+    /// to it. False when none of ours may.
+    fn send_from_control(&self, addr: &UnixAddr, line: &str) -> bool {
         for (i, sock) in self.socks.iter().enumerate() {
             match sendto(
                 sock.as_raw_fd(),
                 line.as_bytes(),
-                &addr,
+                addr,
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
             ) {
                 Ok(_) => {
                     if i == 0 && unread_bytes(sock) > self.rotate_above {
                         self.rotate.set(true);
                     }
-                    return;
+                    return true;
                 }
                 Err(Errno::EPERM) => continue,
                 Err(e) => {
                     log::debug!("reply not delivered: {e}");
-                    return;
+                    return true;
                 }
             }
         }
+        false
     }
 
     pub fn path(&self) -> &Path {
@@ -748,6 +773,15 @@ fn send_from_fresh_socket(addr: &UnixAddr, bytes: &[u8]) -> Result<(), Errno> {
         MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
     )
     .map(|_| ())
+}
+
+/// An address as bytes, to recognise a peer again.
+fn address_key(addr: &SocketAddr) -> Vec<u8> {
+    match (addr.as_pathname(), addr.as_abstract_name()) {
+        (Some(p), _) => [b"/", p.as_os_str().as_bytes()].concat(),
+        (None, Some(name)) => [b"\0", name].concat(),
+        _ => Vec::new(),
+    }
 }
 
 /// Bytes sent from `sock` that their receivers have not read yet.

@@ -8,8 +8,11 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Component, Path};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, renameat};
@@ -44,30 +47,106 @@ pub fn random_suffix() -> io::Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Open BASE as the operator gave it (created if missing; BASE and its
-/// ancestors are the operator's choice and trusted), then each component of
-/// `rel` below it without following a symbolic link, creating missing ones
-/// when `create`. The fd is opened anew for each use, so a directory the job
-/// user swaps later is never written through an old fd for long.
-pub fn open_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd> {
-    if create {
-        std::fs::create_dir_all(base)?;
+/// BASE, opened once: the operator chose it and it may belong to root;
+/// everything below it is opened relative to this fd.
+static BASE: Mutex<Option<(PathBuf, Arc<OwnedFd>)>> = Mutex::new(None);
+
+/// Set once `openat2` turned out to be unavailable (kernel before 5.6, or a
+/// seccomp profile that refuses it).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+fn base_fd(base: &Path, reopen: bool, create: bool) -> io::Result<Arc<OwnedFd>> {
+    let mut cached = BASE.lock().unwrap_or_else(|e| e.into_inner());
+    if !reopen
+        && let Some((path, fd)) = cached.as_ref()
+        && path == base
+    {
+        return Ok(fd.clone());
     }
-    let mut dir = openat(
-        nix::fcntl::AT_FDCWD,
-        base,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(errno)?;
+    let open = || {
+        openat(
+            nix::fcntl::AT_FDCWD,
+            base,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)
+    };
+    let fd = match open() {
+        Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(base)?;
+            open()?
+        }
+        other => other?,
+    };
+    let fd = Arc::new(fd);
+    *cached = Some((base.to_path_buf(), fd.clone()));
+    Ok(fd)
+}
+
+/// Open the directory `rel` below BASE without following a symbolic link
+/// anywhere below BASE, creating what is missing when `create`. One
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` when the kernel has it
+/// and everything exists; otherwise component by component with
+/// O_NOFOLLOW, and `mkdirat` for what is missing. The directory is opened
+/// anew for each use, so one the job user swaps later is never written
+/// through an old fd for long.
+pub fn open_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd> {
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a plain path below BASE", rel.display()),
+        ));
+    }
+    let fd = base_fd(base, false, create)?;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        match openat2_beneath(&fd, rel) {
+            Ok(dir) => return Ok(dir),
+            Err(Errno::ENOSYS | Errno::EPERM | Errno::E2BIG | Errno::EINVAL) => {
+                NO_OPENAT2.store(true, Ordering::Relaxed);
+            }
+            // Missing (BASE itself may have been deleted and made again) or
+            // a link: the walk below creates or names the culprit.
+            Err(_) => {}
+        }
+    }
+    match walk(&fd, rel, create) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let fresh = base_fd(base, true, create)?;
+            walk(&fresh, rel, create)
+        }
+        other => other,
+    }
+}
+
+fn openat2_beneath(base: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
+    let path = std::ffi::CString::new(rel.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: open_how is plain data; zeroed is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid dirfd, NUL-terminated path, and a pointer to `how`
+    // with its size; the returned fd is owned here.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            base.as_raw_fd(),
+            path.as_ptr(),
+            &how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a fresh fd from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn walk(base: &OwnedFd, rel: &Path, create: bool) -> io::Result<OwnedFd> {
+    let mut dir = openat(base.as_fd(), ".", DIR_FLAGS, Mode::empty()).map_err(errno)?;
     for component in rel.components() {
-        let Component::Normal(name) = component else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} is not a plain path below BASE", rel.display()),
-            ));
-        };
-        dir = open_child_dir(dir.as_fd(), name, create)?;
+        dir = open_child_dir(dir.as_fd(), component.as_os_str(), create)?;
     }
     Ok(dir)
 }
@@ -290,6 +369,21 @@ mod tests {
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
         std::fs::remove_dir_all(&base).unwrap();
         std::fs::remove_dir_all(&elsewhere).unwrap();
+    }
+
+    #[test]
+    fn the_walk_without_openat2_creates_and_refuses_links() {
+        let base = temp_base("walk");
+        std::fs::create_dir_all(&base).unwrap();
+        let fd = base_fd(&base, true, false).unwrap();
+        walk(&fd, Path::new("a/b/c"), true).unwrap();
+        let m = std::fs::metadata(base.join("a/b/c")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, DIR_MODE);
+        std::os::unix::fs::symlink("/", base.join("a/l")).unwrap();
+        let err = walk(&fd, Path::new("a/l/x"), true).unwrap_err();
+        assert!(err.to_string().contains("not following"), "{err}");
+        assert!(walk(&fd, Path::new("missing"), false).is_err());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
