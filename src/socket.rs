@@ -468,43 +468,52 @@ impl ControlSocket {
         let Some(watch) = &self.watch else {
             return;
         };
-        let mut relevant = false;
+        // Any event counts, not only those naming the socket: the job user's
+        // games in the directory (a private directory swapped while being
+        // created) may have made a take-back fail, and the next event is
+        // the chance to try again.
+        let mut any = false;
         let mut watch_lost = false;
         while let Ok(events) = watch.read_events() {
             if events.is_empty() {
                 break;
             }
+            any = true;
             for e in events {
                 watch_lost |= e.mask.intersects(
                     AddWatchFlags::IN_DELETE_SELF
                         | AddWatchFlags::IN_MOVE_SELF
                         | AddWatchFlags::IN_IGNORED,
                 );
-                relevant |= e.name.as_deref() == Some(self.name.as_os_str())
-                    || e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW);
             }
         }
-        if watch_lost {
-            self.watch = self.new_watch();
-        }
-        if !(relevant || watch_lost) {
+        if !any {
             return;
         }
-        match self.holder() {
-            Some(st) if (st.st_dev, st.st_ino) == self.identity => return,
-            Some(st) => log::warn!(
-                "control socket {} was replaced by a {} of uid {}: taking the name back",
-                self.path.display(),
-                kind(&st),
-                st.st_uid
-            ),
-            None => log::warn!(
-                "control socket {} was removed: binding it again",
-                self.path.display()
-            ),
+        let ours = match self.holder() {
+            Some(st) if (st.st_dev, st.st_ino) == self.identity => true,
+            Some(st) => {
+                log::warn!(
+                    "control socket {} was replaced by a {} of uid {}: taking the name back",
+                    self.path.display(),
+                    kind(&st),
+                    st.st_uid
+                );
+                false
+            }
+            None => {
+                log::warn!(
+                    "control socket {} was removed: binding it again",
+                    self.path.display()
+                );
+                false
+            }
+        };
+        if !ours {
+            self.take_name();
         }
-        self.take_name();
-        if watch_lost && self.watch.is_none() {
+        // After the take-back, which re-creates a deleted directory.
+        if watch_lost {
             self.watch = self.new_watch();
         }
     }
@@ -512,16 +521,24 @@ impl ControlSocket {
     /// A fresh socket gets the name; the one that held it keeps serving the
     /// peers connected to it until `MAX_RETIRED` newer ones exist.
     fn take_name(&mut self) {
-        let fresh = Self::bind_new(
-            &self.base,
-            &self.rel,
-            &self.name,
-            &self.path,
-            self.mode,
-            self.group,
-            &self.me,
-            Publish::TakeBack,
-        );
+        // Bounded: a failure is logged, and the next event in the
+        // directory tries again.
+        let mut fresh = Err(Fatal::Setup(String::new()));
+        for _ in 0..3 {
+            fresh = Self::bind_new(
+                &self.base,
+                &self.rel,
+                &self.name,
+                &self.path,
+                self.mode,
+                self.group,
+                &self.me,
+                Publish::TakeBack,
+            );
+            if fresh.is_ok() {
+                break;
+            }
+        }
         match fresh {
             Ok((sock, identity)) => {
                 if let Err(e) = self
