@@ -77,6 +77,7 @@ pub struct ControlSocket {
     /// connected peers make it give the name to a fresh socket.
     rotate_above: usize,
     rotate: Cell<bool>,
+    control_replies: Cell<u32>,
     /// Peers that were connected to a control socket at their last reply:
     /// tried there first, saving a fresh socket that they would refuse.
     connected: RefCell<VecDeque<Vec<u8>>>,
@@ -273,6 +274,7 @@ impl ControlSocket {
             watch: None,
             rotate_above: sndbuf / 2,
             rotate: Cell::new(false),
+            control_replies: Cell::new(0),
             connected: RefCell::new(VecDeque::new()),
             path_senders: VecDeque::new(),
             unnamed,
@@ -445,6 +447,18 @@ impl ControlSocket {
         self.watch.as_ref().map(|w| w.as_fd())
     }
 
+    /// The sentinel, the STOP marker and their temporaries
+    /// (`PROCESS_containerrun.running`, `.PROCESS_containerrun.stopped.…`):
+    /// container-run's own writes beside the socket, which need no check of
+    /// the name.
+    fn is_state_file(&self, name: &OsStr) -> bool {
+        let name = name.as_bytes();
+        let socket = self.name.as_bytes();
+        let prefix = socket.strip_suffix(b"sock").unwrap_or(socket);
+        let own = |n: &[u8]| n.starts_with(prefix) && n != socket;
+        own(name) || name.strip_prefix(b".").is_some_and(own)
+    }
+
     /// What holds the name now, never through a link.
     fn holder(&self) -> Option<FileStat> {
         let dir = self.open_data_dir(false).ok()?;
@@ -478,13 +492,13 @@ impl ControlSocket {
             if events.is_empty() {
                 break;
             }
-            any = true;
             for e in events {
                 watch_lost |= e.mask.intersects(
                     AddWatchFlags::IN_DELETE_SELF
                         | AddWatchFlags::IN_MOVE_SELF
                         | AddWatchFlags::IN_IGNORED,
                 );
+                any |= !e.name.as_deref().is_some_and(|n| self.is_state_file(n));
             }
         }
         if !any {
@@ -684,7 +698,11 @@ impl ControlSocket {
                 MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
             ) {
                 Ok(_) => {
-                    if i == 0 && unread_bytes(sock) > self.rotate_above {
+                    // Checked every 16th reply: half the buffer holds far
+                    // more than 16 replies, so the check still comes early.
+                    let sent = self.control_replies.get().wrapping_add(1);
+                    self.control_replies.set(sent);
+                    if i == 0 && sent.is_multiple_of(16) && unread_bytes(sock) > self.rotate_above {
                         self.rotate.set(true);
                     }
                     return true;

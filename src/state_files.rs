@@ -35,16 +35,42 @@ fn errno(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
-/// `count` random bytes from the kernel as hex: temporary names that nobody
-/// can plant a link at in advance (as PID 1, a pid suffix is always `1`).
+/// 64 random bits as hex: temporary names that nobody can plant a link at
+/// in advance (as PID 1, a pid suffix is always `1`). Drawn from a pool
+/// filled by `getrandom`, one system call per 32 names; the pool never
+/// leaves the process, so names already seen do not tell the next ones.
 pub fn random_suffix() -> io::Result<String> {
-    let mut buf = [0u8; 8];
-    // SAFETY: the buffer is valid for its length; getrandom only writes it.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != buf.len() as isize {
-        return Err(io::Error::last_os_error());
+    static POOL: Mutex<(Vec<u8>, usize)> = Mutex::new((Vec::new(), 0));
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.1 + 8 > pool.0.len() {
+        let mut buf = vec![0u8; 256];
+        // SAFETY: the buffer is valid for its length; getrandom only writes it.
+        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n != buf.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+        *pool = (buf, 0);
     }
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    let at = pool.1;
+    pool.1 += 8;
+    Ok(pool.0[at..at + 8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The process's umask, read once (setting it back at once; container-run
+/// has one thread when it first writes a file).
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        // SAFETY: umask cannot fail; the old value is restored at once.
+        unsafe {
+            let old = libc::umask(0o077);
+            libc::umask(old);
+            old as u32
+        }
+    })
 }
 
 /// BASE, opened once: the operator chose it and it may belong to root;
@@ -202,16 +228,25 @@ pub fn write_in(dir: BorrowedFd, name: &OsStr, contents: &[u8], mode: u32) -> io
     let mut tmp = OsString::from(".");
     tmp.push(name);
     tmp.push(format!(".{}", random_suffix()?));
+    // Created with the final mode when the umask leaves it whole, else
+    // 0600 and then the mode through the fd: never wider than asked.
+    let whole = mode & umask() == 0;
     let fd = openat(
         dir,
         tmp.as_os_str(),
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
+        Mode::from_bits_truncate(if whole { mode } else { 0o600 }),
     )
     .map_err(errno)?;
     let mut file = std::fs::File::from(fd);
-    let result = fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
-        .map_err(errno)
+    let chmod = || {
+        if whole {
+            Ok(())
+        } else {
+            fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).map_err(errno)
+        }
+    };
+    let result = chmod()
         .and_then(|()| file.write_all(contents))
         .and_then(|()| renameat(dir, tmp.as_os_str(), dir, name).map_err(errno));
     if result.is_err() {
