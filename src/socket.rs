@@ -846,13 +846,21 @@ impl Identity {
 /// container-run's only thread. Restored on drop.
 struct SenderRights<'a> {
     me: &'a Identity,
+    /// The kernel clears a process's parent-death signal when its fsuid or
+    /// fsgid changes: re-armed on drop, so that a launcher's
+    /// `PR_SET_PDEATHSIG` (`unshare --kill-child`) still ends container-run.
+    pdeath: libc::c_int,
+    ppid: libc::pid_t,
 }
 
 impl<'a> SenderRights<'a> {
     fn assume(uid: u32, gid: u32, me: &'a Identity) -> Option<SenderRights<'a>> {
         // SAFETY: credential system calls on this thread only, with valid
-        // arguments; each is undone in `drop`.
+        // arguments; each is undone in `drop`. PR_GET_PDEATHSIG writes one int.
         unsafe {
+            let mut pdeath: libc::c_int = 0;
+            libc::prctl(libc::PR_GET_PDEATHSIG, &mut pdeath);
+            let ppid = libc::getppid();
             if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0 {
                 return None;
             }
@@ -862,7 +870,7 @@ impl<'a> SenderRights<'a> {
             // asking for an invalid one returns the one in force.
             let fsuid = libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32;
             let fsgid = libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32;
-            let rights = SenderRights { me };
+            let rights = SenderRights { me, pdeath, ppid };
             (fsuid == uid && fsgid == gid).then_some(rights)
         }
     }
@@ -884,6 +892,15 @@ impl Drop for SenderRights<'_> {
                     "cannot restore supplementary groups: {}",
                     io::Error::last_os_error()
                 );
+            }
+            if self.pdeath != 0 {
+                libc::prctl(libc::PR_SET_PDEATHSIG, self.pdeath as libc::c_ulong);
+                // The parent died while the signal was cleared: act as the
+                // kernel would have (as a namespace's PID 1, getppid is 0
+                // and this cannot be seen).
+                if libc::getppid() != self.ppid {
+                    libc::kill(libc::getpid(), self.pdeath);
+                }
             }
         }
     }

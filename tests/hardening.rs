@@ -534,6 +534,11 @@ fn a_reply_path_swapped_for_a_link_reaches_nothing_its_sender_could_not() {
         ),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
     }
+    // Sending as the sender changed container-run's fsuid and back, which
+    // clears a parent-death signal: `unshare --kill-child` must still end it.
+    let cr = ns.pid();
+    drop(ns);
+    wait_until("container-run ends with its namespace", || !alive(cr));
 }
 
 /// The installed compatibility links: both appear, pointing at the binary;
