@@ -315,9 +315,26 @@ pub fn absolute(dir: &Path) -> Result<PathBuf, Fatal> {
     })
 }
 
+/// The longest duration accepted: 100 years. Every duration becomes a
+/// deadline (the clock plus the duration, at some later moment), and a
+/// deadline that does not fit the clock would abort container-run in the
+/// middle of a stop; 100 years fits for any clock value a machine reaches.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Durations as operators write them: `500ms`, `20s`, `15m`, `1h`, `1m30s`;
-/// a bare number is seconds.
+/// a bare number is seconds; at most `MAX_DURATION`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration_unbounded(text)?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "duration {text:?} is too large (at most 100 years, {}h)",
+            MAX_DURATION.as_secs() / 3600
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_duration_unbounded(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
         return Err("empty duration".into());
@@ -392,14 +409,24 @@ pub fn parse_stop_signal(text: &str) -> Result<Signal, String> {
 
 /// A group number, or a name looked up in /etc/group. Read directly rather
 /// than through the C library's name service, so that a static binary needs
-/// no NSS modules in the job's image.
+/// no NSS modules in the job's image. 4294967295 is `(gid_t)-1`, which
+/// chown takes as "leave the group alone": accepting it would do nothing.
 pub fn resolve_group(group: &str) -> Result<u32, Fatal> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
+    let gid = match group.parse::<u32>() {
+        Ok(gid) => gid,
+        Err(_) => {
+            let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+            find_group(&groups, group).ok_or_else(|| {
+                Fatal::Usage(format!("unknown group {group:?} (not in /etc/group)"))
+            })?
+        }
+    };
+    if gid == u32::MAX {
+        return Err(Fatal::Usage(format!(
+            "invalid group {group:?}: 4294967295 is not a group (it means \"no change\")"
+        )));
     }
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    find_group(&groups, group)
-        .ok_or_else(|| Fatal::Usage(format!("unknown group {group:?} (not in /etc/group)")))
+    Ok(gid)
 }
 
 fn find_group(etc_group: &str, name: &str) -> Option<u32> {
@@ -456,6 +483,15 @@ mod tests {
         for bad in ["", "s", "5x", "-1s", "1.5s", "ms5", "5 s", "99999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
+        assert_eq!(parse_duration("876000h"), Ok(MAX_DURATION));
+        for huge in [
+            "18446744073709551615",
+            "9223372036854775807",
+            "876001h",
+            "3153600001",
+        ] {
+            assert!(parse_duration(huge).is_err(), "{huge:?} accepted");
+        }
     }
 
     #[test]
@@ -476,6 +512,8 @@ mod tests {
         assert_eq!(find_group(etc, "odd"), None);
         assert_eq!(find_group(etc, "missing"), None);
         assert_eq!(resolve_group("4242").unwrap(), 4242);
+        assert_eq!(resolve_group("4294967294").unwrap(), 4294967294);
+        assert_eq!(resolve_group("4294967295").unwrap_err().exit_code(), 2);
         assert_eq!(
             resolve_group("no-such-group-here").unwrap_err().exit_code(),
             2

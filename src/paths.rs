@@ -20,7 +20,10 @@ pub struct Paths {
     /// `BASE/sys/run/bpm/JOB`
     pub pid_dir: PathBuf,
     pub pidfile: PathBuf,
+    /// `BASE/jobs/bpm/bin/bpm` and `BASE/bosh/bin/monit`: the compatibility
+    /// links container-run installs (SPEC section 2).
     pub bpm: PathBuf,
+    pub monit: PathBuf,
 }
 
 impl Paths {
@@ -34,6 +37,7 @@ impl Paths {
             stopped: data_dir.join(format!("{process}_containerrun.stopped")),
             pidfile: pid_dir.join(format!("{process}.pid")),
             bpm: base.join("jobs/bpm/bin/bpm"),
+            monit: base.join("bosh/bin/monit"),
             data_dir,
             pid_dir,
         };
@@ -77,6 +81,7 @@ mod tests {
             Path::new("/var/vcap/sys/run/bpm/nats/nats-server.pid")
         );
         assert_eq!(p.bpm, Path::new("/var/vcap/jobs/bpm/bin/bpm"));
+        assert_eq!(p.monit, Path::new("/var/vcap/bosh/bin/monit"));
     }
 
     #[test]

@@ -1,88 +1,429 @@
 //! The files of SPEC section 2 besides the socket: the `.running` sentinel,
-//! the pidfile and the STOP marker. Each is written atomically (a temporary
-//! file in the same directory, then rename), so a reader never sees a
-//! half-written pid.
+//! the pidfile, the STOP marker and the installed `bpm`/`monit` links, and
+//! the one way container-run reaches a directory under BASE. The job's user
+//! may own those directories: every directory below BASE is opened component
+//! by component with O_NOFOLLOW, and every file operation is relative to the
+//! directory's fd, so that nothing outside BASE is ever created, written,
+//! truncated or deleted, whatever that user plants (docs/reliability.md).
 
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fchmod, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, symlinkat, unlinkat};
 
 use crate::paths::Paths;
 
-pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(contents))
-        .and_then(|()| std::fs::rename(&tmp, path));
+/// Mode of the sentinel, pidfile and STOP marker whatever the umask:
+/// readers (`bpm pid`, probes) may run as any user.
+pub const FILE_MODE: u32 = 0o644;
+const DIR_MODE: u32 = 0o755;
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+fn errno(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// 64 random bits as hex: temporary names that nobody can plant a link at
+/// in advance (as PID 1, a pid suffix is always `1`). Drawn from a pool
+/// filled by `getrandom`, one system call per 32 names; the pool never
+/// leaves the process, so names already seen do not tell the next ones.
+pub fn random_suffix() -> io::Result<String> {
+    static POOL: Mutex<(Vec<u8>, usize)> = Mutex::new((Vec::new(), 0));
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.1 + 8 > pool.0.len() {
+        let mut buf = vec![0u8; 256];
+        // SAFETY: the buffer is valid for its length; getrandom only writes it.
+        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n != buf.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+        *pool = (buf, 0);
+    }
+    let at = pool.1;
+    pool.1 += 8;
+    Ok(pool.0[at..at + 8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The process's umask, read once (setting it back at once; container-run
+/// has one thread when it first writes a file).
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        // SAFETY: umask cannot fail; the old value is restored at once.
+        unsafe {
+            let old = libc::umask(0o077);
+            libc::umask(old);
+            old as u32
+        }
+    })
+}
+
+/// BASE, opened once: the operator chose it and it may belong to root;
+/// everything below it is opened relative to this fd.
+static BASE: Mutex<Option<(PathBuf, Arc<OwnedFd>)>> = Mutex::new(None);
+
+/// Set once `openat2` turned out to be unavailable (kernel before 5.6, or a
+/// seccomp profile that refuses it).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+fn base_fd(base: &Path, reopen: bool, create: bool) -> io::Result<Arc<OwnedFd>> {
+    let mut cached = BASE.lock().unwrap_or_else(|e| e.into_inner());
+    if !reopen
+        && let Some((path, fd)) = cached.as_ref()
+        && path == base
+    {
+        return Ok(fd.clone());
+    }
+    let open = || {
+        openat(
+            nix::fcntl::AT_FDCWD,
+            base,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)
+    };
+    let fd = match open() {
+        Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(base)?;
+            open()?
+        }
+        other => other?,
+    };
+    let fd = Arc::new(fd);
+    *cached = Some((base.to_path_buf(), fd.clone()));
+    Ok(fd)
+}
+
+/// Open the directory `rel` below BASE without following a symbolic link
+/// anywhere below BASE, creating what is missing when `create`. One
+/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` when the kernel has it
+/// and everything exists; otherwise component by component with
+/// O_NOFOLLOW, and `mkdirat` for what is missing. The directory is opened
+/// anew for each use, so one the job user swaps later is never written
+/// through an old fd for long.
+pub fn open_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd> {
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a plain path below BASE", rel.display()),
+        ));
+    }
+    let fd = base_fd(base, false, create)?;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        match openat2_beneath(&fd, rel) {
+            Ok(dir) => return Ok(dir),
+            Err(Errno::ENOSYS | Errno::EPERM | Errno::E2BIG | Errno::EINVAL) => {
+                NO_OPENAT2.store(true, Ordering::Relaxed);
+            }
+            // Missing (BASE itself may have been deleted and made again) or
+            // a link: the walk below creates or names the culprit.
+            Err(_) => {}
+        }
+    }
+    match walk(&fd, rel, create) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let fresh = base_fd(base, true, create)?;
+            walk(&fresh, rel, create)
+        }
+        other => other,
+    }
+}
+
+fn openat2_beneath(base: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
+    let path = std::ffi::CString::new(rel.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: open_how is plain data; zeroed is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid dirfd, NUL-terminated path, and a pointer to `how`
+    // with its size; the returned fd is owned here.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            base.as_raw_fd(),
+            path.as_ptr(),
+            &how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a fresh fd from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn walk(base: &OwnedFd, rel: &Path, create: bool) -> io::Result<OwnedFd> {
+    let mut dir = openat(base.as_fd(), ".", DIR_FLAGS, Mode::empty()).map_err(errno)?;
+    for component in rel.components() {
+        dir = open_child_dir(dir.as_fd(), component.as_os_str(), create)?;
+    }
+    Ok(dir)
+}
+
+fn open_child_dir(parent: BorrowedFd, name: &OsStr, create: bool) -> io::Result<OwnedFd> {
+    let open = || {
+        openat(parent, name, DIR_FLAGS, Mode::empty()).map_err(|e| match e {
+            Errno::ELOOP | Errno::ENOTDIR => io::Error::other(format!(
+                "{} is not a directory (a symbolic link?): not following it",
+                name.to_string_lossy()
+            )),
+            e => errno(e),
+        })
+    };
+    match open() {
+        Err(e) if create && e.kind() == io::ErrorKind::NotFound => {}
+        other => return other,
+    }
+    let created = match mkdirat(parent, name, Mode::from_bits_truncate(DIR_MODE)) {
+        Ok(()) => true,
+        Err(Errno::EEXIST) => false,
+        Err(e) => return Err(errno(e)),
+    };
+    let fd = open()?;
+    if created {
+        // An explicit mode: the umask may be anything, 000 included.
+        fchmod(fd.as_fd(), Mode::from_bits_truncate(DIR_MODE)).map_err(errno)?;
+    }
+    Ok(fd)
+}
+
+/// The directory holding `file` (a path of `paths`) and the file's name.
+pub fn open_parent<'a>(
+    paths: &Paths,
+    file: &'a Path,
+    create: bool,
+) -> io::Result<(OwnedFd, &'a OsStr)> {
+    let parent = file.parent().unwrap_or(Path::new(""));
+    let rel = parent
+        .strip_prefix(&paths.base)
+        .map_err(|_| io::Error::other(format!("{} is not under BASE", file.display())))?;
+    let name = file
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} has no file name", file.display())))?;
+    Ok((open_beneath(&paths.base, rel, create)?, name))
+}
+
+/// Write `contents` under `name` in `dir` so that readers see the whole file
+/// or none: a temporary with an unpredictable name, created O_EXCL|O_NOFOLLOW
+/// (a link planted anywhere is never followed), its mode set through its fd,
+/// then renamed in the same directory.
+pub fn write_in(dir: BorrowedFd, name: &OsStr, contents: &[u8], mode: u32) -> io::Result<()> {
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".{}", random_suffix()?));
+    // Created with the final mode when the umask leaves it whole, else
+    // 0600 and then the mode through the fd: never wider than asked.
+    let whole = mode & umask() == 0;
+    let fd = openat(
+        dir,
+        tmp.as_os_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(if whole { mode } else { 0o600 }),
+    )
+    .map_err(errno)?;
+    let mut file = std::fs::File::from(fd);
+    let chmod = || {
+        if whole {
+            Ok(())
+        } else {
+            fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).map_err(errno)
+        }
+    };
+    let result = chmod()
+        .and_then(|()| file.write_all(contents))
+        .and_then(|()| renameat(dir, tmp.as_os_str(), dir, name).map_err(errno));
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
     }
     result
 }
 
-pub fn remove(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+/// Remove `name` from `dir`; a name that is already gone is no error.
+/// `unlinkat` removes a planted link itself, never what it points to.
+pub fn remove_in(dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(errno(e)),
     }
 }
 
-/// Sentinel and pidfile: present exactly while the job runs.
+fn write_file(paths: &Paths, file: &Path, contents: &[u8]) -> io::Result<()> {
+    let (dir, name) = open_parent(paths, file, true)?;
+    write_in(dir.as_fd(), name, contents, FILE_MODE)
+}
+
+fn remove_file(paths: &Paths, file: &Path) -> io::Result<()> {
+    match open_parent(paths, file, false) {
+        Ok((dir, name)) => remove_in(dir.as_fd(), name),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sentinel and pidfile: present exactly while the job runs. Not synced:
+/// they describe a running container, and a crash of the node ends it too
+/// (container-run removes stale ones at start).
 pub fn write_run_files(paths: &Paths, pid: i32) -> io::Result<()> {
-    write_atomic(&paths.pidfile, format!("{pid}\n").as_bytes())?;
-    write_atomic(&paths.running, b"")
+    write_file(paths, &paths.pidfile, format!("{pid}\n").as_bytes())?;
+    write_file(paths, &paths.running, b"")
 }
 
 pub fn remove_run_files(paths: &Paths) -> io::Result<()> {
-    let a = remove(&paths.running);
-    let b = remove(&paths.pidfile);
+    let a = remove_file(paths, &paths.running);
+    let b = remove_file(paths, &paths.pidfile);
     a.and(b)
 }
 
+/// Whatever sits at the marker's name counts, a link included (it is never
+/// followed): the job's user could create the marker anyway.
 pub fn hold_in_force(paths: &Paths) -> bool {
-    paths.stopped.exists()
+    open_parent(paths, &paths.stopped, false)
+        .is_ok_and(|(dir, name)| fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok())
 }
 
+/// Not synced either: the marker must outlive the container, and the page
+/// cache outlives it; an fsync here would delay every STOP by a disk flush.
 pub fn write_hold(paths: &Paths) -> io::Result<()> {
-    write_atomic(&paths.stopped, b"STOP\n")
+    write_file(paths, &paths.stopped, b"STOP\n")
 }
 
 pub fn remove_hold(paths: &Paths) -> io::Result<()> {
-    remove(&paths.stopped)
+    remove_file(paths, &paths.stopped)
 }
 
 /// Create the directories container-run writes into, and prove they are
 /// writable now, before anything is started.
 pub fn prepare_dirs(paths: &Paths) -> io::Result<()> {
     for dir in [&paths.data_dir, &paths.pid_dir] {
-        std::fs::create_dir_all(dir)?;
-        let probe = dir.join(format!(".container-run-probe{}", std::process::id()));
-        std::fs::File::create(&probe)?;
-        std::fs::remove_file(&probe)?;
+        let rel = dir
+            .strip_prefix(&paths.base)
+            .map_err(|_| io::Error::other(format!("{} is not under BASE", dir.display())))?;
+        let fd = open_beneath(&paths.base, rel, true)?;
+        let probe = format!(".container-run-probe.{}", random_suffix()?);
+        openat(
+            fd.as_fd(),
+            probe.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(errno)?;
+        remove_in(fd.as_fd(), OsStr::new(&probe))?;
     }
     Ok(())
+}
+
+/// Install `BASE/jobs/bpm/bin/bpm` and `BASE/bosh/bin/monit` as symbolic
+/// links to this executable, each only when nothing is at its name. A link
+/// needs no shell in the job's image and resolves in every container that
+/// mounts the volume holding the binary at the same path. `symlinkat`
+/// creates the link complete in one step and fails on an existing name
+/// without following it. Failure is logged, not fatal: the job itself needs
+/// neither.
+pub fn install_links(paths: &Paths) {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            log::warn!("cannot install bpm and monit: no path to this executable: {e}");
+            return;
+        }
+    };
+    for link in [&paths.bpm, &paths.monit] {
+        let result = open_parent(paths, link, true).and_then(|(dir, name)| {
+            match symlinkat(exe.as_os_str(), dir.as_fd(), name) {
+                Ok(()) => Ok(true),
+                Err(Errno::EEXIST) => Ok(false),
+                Err(e) => Err(errno(e)),
+            }
+        });
+        match result {
+            Ok(true) => log::debug!("installed {}", link.display()),
+            Ok(false) => {}
+            Err(e) => log::warn!("cannot install {}: {e}", link.display()),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn temp_base(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("cr-sf-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temporary() {
-        let dir = std::env::temp_dir().join(format!("cr-sf-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let file = dir.join("sub/x.pid");
-        write_atomic(&file, b"1\n").unwrap();
-        write_atomic(&file, b"22\n").unwrap();
-        assert_eq!(std::fs::read(&file).unwrap(), b"22\n");
-        let names: Vec<_> = std::fs::read_dir(dir.join("sub")).unwrap().collect();
+        let base = temp_base("atomic");
+        let paths = Paths::new(&base, "j", "p").unwrap();
+        write_run_files(&paths, 1).unwrap();
+        write_run_files(&paths, 22).unwrap();
+        assert_eq!(std::fs::read(&paths.pidfile).unwrap(), b"22\n");
+        let names: Vec<_> = std::fs::read_dir(&paths.pid_dir).unwrap().collect();
         assert_eq!(names.len(), 1);
-        remove(&file).unwrap();
-        remove(&file).unwrap();
-        assert!(!file.exists());
-        std::fs::remove_dir_all(&dir).unwrap();
+        let mode = std::fs::metadata(&paths.pidfile)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, FILE_MODE);
+        remove_run_files(&paths).unwrap();
+        remove_run_files(&paths).unwrap();
+        assert!(!paths.pidfile.exists() && !paths.running.exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_directory_is_not_followed() {
+        let base = temp_base("link");
+        let elsewhere = temp_base("elsewhere");
+        std::fs::create_dir_all(base.join("sys/run/bpm")).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, base.join("sys/run/bpm/j")).unwrap();
+        let paths = Paths::new(&base, "j", "p").unwrap();
+        let err = write_run_files(&paths, 5).unwrap_err();
+        assert!(err.to_string().contains("not following"), "{err}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        std::fs::remove_dir_all(&base).unwrap();
+        std::fs::remove_dir_all(&elsewhere).unwrap();
+    }
+
+    #[test]
+    fn the_walk_without_openat2_creates_and_refuses_links() {
+        let base = temp_base("walk");
+        std::fs::create_dir_all(&base).unwrap();
+        let fd = base_fd(&base, true, false).unwrap();
+        walk(&fd, Path::new("a/b/c"), true).unwrap();
+        let m = std::fs::metadata(base.join("a/b/c")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, DIR_MODE);
+        std::os::unix::fs::symlink("/", base.join("a/l")).unwrap();
+        let err = walk(&fd, Path::new("a/l/x"), true).unwrap_err();
+        assert!(err.to_string().contains("not following"), "{err}");
+        assert!(walk(&fd, Path::new("missing"), false).is_err());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn random_suffixes_differ() {
+        assert_ne!(random_suffix().unwrap(), random_suffix().unwrap());
+        assert_eq!(random_suffix().unwrap().len(), 16);
     }
 }

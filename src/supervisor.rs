@@ -108,7 +108,7 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
     if let Err(e) = state_files::remove_run_files(paths) {
         return Err(Fatal::setup("cannot remove stale run files", e));
     }
-    crate::client::bpm::install_shim(paths);
+    state_files::install_links(paths);
 
     let hold = state_files::hold_in_force(paths);
     if hold {
@@ -167,6 +167,7 @@ fn machine_config(cfg: &RunConfig) -> MachineConfig {
 impl Supervisor {
     fn event_loop(&mut self) -> u8 {
         loop {
+            crate::logger::flush_pending();
             let deadline = [
                 self.machine.next_deadline(),
                 self.peers.as_ref().map(PeerRound::deadline),

@@ -231,35 +231,6 @@ pub fn base_from_shim_path(invoked: &Path) -> Option<PathBuf> {
     super::base_from_link(invoked, "jobs/bpm/bin/bpm")
 }
 
-/// Install `BASE/jobs/bpm/bin/bpm` as a symbolic link to this executable,
-/// unless something is already there. A link needs no shell in the job's
-/// image, and resolves in every container that mounts the volume holding
-/// the binary at the same path. Failure is logged, not fatal: the job
-/// itself does not need bpm.
-pub fn install_shim(paths: &Paths) {
-    if std::fs::symlink_metadata(&paths.bpm).is_ok() {
-        return;
-    }
-    let result = std::env::current_exe().and_then(|exe| {
-        let dir = paths.bpm.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".bpm{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&exe, &tmp)?;
-        std::fs::rename(&tmp, &paths.bpm).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
-    });
-    match result {
-        Ok(()) => log::debug!("installed {}", paths.bpm.display()),
-        Err(e) => log::warn!(
-            "cannot install {}: {}",
-            paths.bpm.display(),
-            crate::error::os_phrase(&e)
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
