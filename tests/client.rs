@@ -209,8 +209,7 @@ impl Drop for Pod {
 
 #[test]
 fn ctl_all_over_ten_namespaced_container_runs() {
-    if !is_root() {
-        eprintln!("skipped: needs root for unshare --pid");
+    if !require_root("for unshare --pid") {
         return;
     }
     let t = TempDir::new();

@@ -51,8 +51,7 @@ fn dumb_init() -> Option<String> {
 #[test]
 fn one_sigterm_per_stop_under_dumb_init() {
     let Some(dumb_init) = dumb_init() else { return };
-    if !is_root() {
-        eprintln!("skipped: needs root for unshare");
+    if !require_root("for unshare") {
         return;
     }
     let t = TempDir::new();

@@ -142,8 +142,12 @@ fn sigkill_as_pid_1_leaves_no_process_of_the_tree() {
             .into_iter()
             .find(|&p| ppid(p) == Some(outer))
     });
+    // The double fork's middle process may not have exited yet when the
+    // grandchild has written its file: wait for the settled tree.
+    wait_until("job and escaped grandchild, nothing else", || {
+        descendants(sup).len() == 2
+    });
     let tree = descendants(sup);
-    assert_eq!(tree.len(), 2, "job and escaped grandchild");
     kill(sup, libc::SIGKILL);
     wait_for("unshare exits", || unshare.try_wait().unwrap());
     for p in tree {

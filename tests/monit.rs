@@ -454,7 +454,10 @@ fn invoked_through_the_link_at_base_bosh_bin_monit() {
     // container-run installs the link, at BOSH's path, to itself.
     let link = t.path().join("bosh/bin/monit");
     wait_until("monit link installed", || link.symlink_metadata().is_ok());
-    assert_eq!(std::fs::read_link(&link).unwrap(), bin().canonicalize().unwrap());
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        bin().canonicalize().unwrap()
+    );
 
     let linked = |args: &[&str]| {
         let mut c = Command::new(&link);

@@ -23,8 +23,7 @@ fn ctl_status_as(uid: u32, gid: u32, socket: &std::path::Path) -> (i32, String, 
 
 #[test]
 fn other_users_cannot_send_and_the_socket_group_can() {
-    if !is_root() {
-        eprintln!("skipped: needs root to act as other users");
+    if !require_root("to act as other users") {
         return;
     }
     let t = TempDir::new();
