@@ -237,12 +237,9 @@ pub struct RunConfig {
 
 impl RunArgs {
     pub fn validate(self) -> Result<RunConfig, Fatal> {
-        let job = validate_name("job", &self.job_name)?;
-        let process = match &self.process_name {
-            Some(p) => validate_name("process", p)?,
-            None => job.clone(),
-        };
-        let paths = Paths::new(&absolute(&self.base_dir)?, &job, &process)?;
+        let process = self.process_name.as_deref().unwrap_or(&self.job_name);
+        let paths = Paths::new(&absolute(&self.base_dir)?, &self.job_name, process)?;
+        let (job, process) = (paths.job.clone(), paths.process.clone());
         if self.post_start_name.is_none()
             && (self.condition_name.is_some() || !self.post_start_args.is_empty())
         {
@@ -290,18 +287,7 @@ impl RunArgs {
     }
 }
 
-/// JOB and PROCESS become path components under BASE, so they must be one
-/// plain component: anything else could place a file outside BASE.
-pub fn validate_name(what: &str, name: &str) -> Result<String, Fatal> {
-    let bad =
-        name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0');
-    if bad {
-        return Err(Fatal::Usage(format!(
-            "invalid {what} name {name:?}: it must be non-empty, not '.' or '..', without '/' or NUL"
-        )));
-    }
-    Ok(name.to_string())
-}
+pub use crate::paths::validate_name;
 
 /// A relative base directory is taken from the working directory now, so that
 /// every path derived from it stays valid whatever the child does later.

@@ -1,6 +1,6 @@
 //! Every file of SPEC section 2, derived from BASE, JOB and PROCESS in one
-//! place. JOB and PROCESS are validated single components, so every path
-//! here stays under BASE.
+//! place, and the one validator of JOB and PROCESS: a `Paths` exists only
+//! for single-component names, so every path here stays under BASE.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,8 @@ pub const SOCKET_PATH_MAX: usize = 107;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
+    pub job: String,
+    pub process: String,
     pub base: PathBuf,
     /// `BASE/data/JOB`: socket, sentinel and STOP marker live here.
     pub data_dir: PathBuf,
@@ -28,8 +30,10 @@ pub struct Paths {
 
 impl Paths {
     pub fn new(base: &Path, job: &str, process: &str) -> Result<Paths, Fatal> {
-        let data_dir = base.join("data").join(job);
-        let pid_dir = base.join("sys/run/bpm").join(job);
+        let job = validate_name("job", job)?;
+        let process = validate_name("process", process)?;
+        let data_dir = base.join("data").join(&job);
+        let pid_dir = base.join("sys/run/bpm").join(&job);
         let paths = Paths {
             base: base.to_path_buf(),
             socket: data_dir.join(format!("{process}_containerrun.sock")),
@@ -40,10 +44,25 @@ impl Paths {
             monit: base.join("bosh/bin/monit"),
             data_dir,
             pid_dir,
+            job,
+            process,
         };
         check_socket_len(&paths.socket)?;
         Ok(paths)
     }
+}
+
+/// JOB and PROCESS become path components under BASE, so they must be one
+/// plain component: anything else could place a file outside BASE.
+pub fn validate_name(what: &str, name: &str) -> Result<String, Fatal> {
+    let bad =
+        name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0');
+    if bad {
+        return Err(Fatal::Usage(format!(
+            "invalid {what} name {name:?}: it must be non-empty, not '.' or '..', without '/' or NUL"
+        )));
+    }
+    Ok(name.to_string())
 }
 
 pub fn check_socket_len(socket: &Path) -> Result<(), Fatal> {

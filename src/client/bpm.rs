@@ -81,7 +81,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
         }
     };
     let target = Target::named(&base, job, args.process.as_deref())?;
-    let paths = target.paths().expect("a named target has paths");
+    let paths = target.paths.clone().expect("a named target has paths");
     let outcome = match args.verb {
         Verb::Pid => return Ok(print_pid(&paths)),
         Verb::Running => return Ok(print_running(&target)),

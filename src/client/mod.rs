@@ -137,19 +137,17 @@ pub struct Target {
     /// `JOB/PROCESS` when known, else the socket path.
     pub label: String,
     pub socket: PathBuf,
+    /// Every file of that job process, when it was named (not `--socket`).
+    pub paths: Option<Paths>,
 }
 
 impl Target {
     pub fn named(base: &Path, job: &str, process: Option<&str>) -> Result<Target, Fatal> {
-        let job = crate::cli::validate_name("job", job)?;
-        let process = match process {
-            Some(p) => crate::cli::validate_name("process", p)?,
-            None => job.clone(),
-        };
-        let paths = Paths::new(&crate::cli::absolute(base)?, &job, &process)?;
+        let paths = Paths::new(&crate::cli::absolute(base)?, job, process.unwrap_or(job))?;
         Ok(Target {
-            label: format!("{job}/{process}"),
-            socket: paths.socket,
+            label: format!("{}/{}", paths.job, paths.process),
+            socket: paths.socket.clone(),
+            paths: Some(paths),
         })
     }
 
@@ -157,6 +155,7 @@ impl Target {
         Target {
             label: path.display().to_string(),
             socket: path.to_path_buf(),
+            paths: None,
         }
     }
 
@@ -164,12 +163,6 @@ impl Target {
     /// repeat it, and hints about jobs and processes do not apply.
     pub fn is_at_socket(&self) -> bool {
         self.label == self.socket.display().to_string()
-    }
-
-    pub fn paths(&self) -> Option<Paths> {
-        let (job, process) = self.label.split_once('/')?;
-        let base = self.socket.parent()?.parent()?.parent()?;
-        Paths::new(base, job, process).ok()
     }
 }
 
@@ -202,9 +195,11 @@ pub fn all_targets(base: &Path) -> Result<Vec<Target>, Fatal> {
             else {
                 continue;
             };
+            let job_name = job.file_name().to_string_lossy().into_owned();
             targets.push(Target {
-                label: format!("{}/{process}", job.file_name().to_string_lossy()),
+                label: format!("{job_name}/{process}"),
                 socket: f.path(),
+                paths: Paths::new(data.parent().unwrap_or(&data), &job_name, process).ok(),
             });
         }
     }

@@ -562,6 +562,7 @@ mod tests {
                 .map(|l| Target {
                     label: l.to_string(),
                     socket: PathBuf::from(format!("/b/data/{l}_containerrun.sock")),
+                    paths: None,
                 })
                 .collect(),
         )
