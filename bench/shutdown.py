@@ -72,6 +72,28 @@ def sample(argv, listener, env):
             proc.wait()
 
 
+def idle_rss(binary, listener, env, reps=5):
+    """Median VmRSS of an idle container-run supervising the test child."""
+    out = []
+    for _ in range(reps):
+        base = tempfile.mkdtemp(prefix="cr-rss-")
+        proc = subprocess.Popen(
+            [binary, "--base-dir", base, "--job-name", "job", "--", CHILD],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            if listener.wait("start") is not None:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            out.append(int(line.split()[1]))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=DEADLINE)
+            shutil.rmtree(base, ignore_errors=True)
+    return statistics.median(out) if out else "-"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=30)
@@ -130,6 +152,14 @@ def main():
         p.wait(timeout=DEADLINE)
     shutil.rmtree(work, ignore_errors=True)
 
+    print("| binary | size (bytes) | idle RSS (kB), median of 5 |")
+    print("|---|---|---|")
+    binaries = [("container-run", CR)]
+    if args.baseline:
+        binaries.insert(0, ("container-run before drains", args.baseline))
+    for name, binary in binaries:
+        print(f"| {name} | {os.path.getsize(binary)} | {idle_rss(binary, listener, env)} |")
+    print()
     print("| supervisor | samples | median ms | p90 ms | lost |")
     print("|---|---|---|---|---|")
     for name, _, _ in configs:
