@@ -13,10 +13,12 @@ use common::*;
 
 /// Counts SIGTERMs into `signals`, writes its own process group and its
 /// parent's into `groups`; never exits by itself.
+/// The trap comes first: `groups` is the handshake, and a SIGTERM that came
+/// before the trap would end the job uncounted.
 const COUNTER: &str = r#"dir=$1
+trap 'echo TERM >> "$dir/signals"' TERM
 echo "$(cut -d' ' -f5 /proc/$$/stat) $(cut -d' ' -f5 /proc/$PPID/stat)" > "$dir/groups.tmp"
 mv "$dir/groups.tmp" "$dir/groups"
-trap 'echo TERM >> "$dir/signals"' TERM
 while :; do sleep 1 & wait $!; done"#;
 
 /// The unshare process, SIGKILLed (and with it the namespace) if the test
