@@ -147,6 +147,14 @@ def main():
                     lost[name] += 1
                 else:
                     samples[name].append(ns)
+    # Measured while the listener's socket still exists.
+    binaries = [("container-run", CR)]
+    if args.baseline:
+        binaries.insert(0, ("container-run before drains", args.baseline))
+    footprint = [
+        f"| {name} | {os.path.getsize(binary)} | {idle_rss(binary, listener, env)} |"
+        for name, binary in binaries
+    ]
     for p in peers:
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=DEADLINE)
@@ -154,11 +162,8 @@ def main():
 
     print("| binary | size (bytes) | idle RSS (kB), median of 5 |")
     print("|---|---|---|")
-    binaries = [("container-run", CR)]
-    if args.baseline:
-        binaries.insert(0, ("container-run before drains", args.baseline))
-    for name, binary in binaries:
-        print(f"| {name} | {os.path.getsize(binary)} | {idle_rss(binary, listener, env)} |")
+    for row in footprint:
+        print(row)
     print()
     print("| supervisor | samples | median ms | p90 ms | lost |")
     print("|---|---|---|---|---|")
