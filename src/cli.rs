@@ -78,14 +78,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub debug: bool,
 
-    /// Root of the socket, sentinel, pidfile and STOP marker.
-    #[arg(
-        long = "base-dir",
-        value_name = "DIR",
-        env = "CONTAINER_RUN_BASE_DIR",
-        default_value = "/var/vcap"
-    )]
-    pub base_dir: PathBuf,
+    #[command(flatten)]
+    pub base: BaseDir,
 
     /// Time between SIGTERM and SIGKILL when stopping.
     #[arg(
@@ -176,6 +170,20 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
+/// `--base-dir`, as the supervisor, `ctl` and `probe` take it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BaseDir {
+    /// Root of container-run's files: sockets, sentinels, pidfiles, STOP
+    /// markers.
+    #[arg(
+        long = "base-dir",
+        value_name = "DIR",
+        env = "CONTAINER_RUN_BASE_DIR",
+        default_value = "/var/vcap"
+    )]
+    pub base_dir: PathBuf,
+}
+
 /// The job's command line: a program and its arguments, never empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobCommand(Vec<OsString>);
@@ -238,7 +246,7 @@ pub struct RunConfig {
 impl RunArgs {
     pub fn validate(self) -> Result<RunConfig, Fatal> {
         let process = self.process_name.as_deref().unwrap_or(&self.job_name);
-        let paths = Paths::new(&absolute(&self.base_dir)?, &self.job_name, process)?;
+        let paths = Paths::new(&absolute(&self.base.base_dir)?, &self.job_name, process)?;
         let (job, process) = (paths.job.clone(), paths.process.clone());
         if self.post_start_name.is_none()
             && (self.condition_name.is_some() || !self.post_start_args.is_empty())

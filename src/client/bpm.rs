@@ -52,20 +52,14 @@ pub struct BpmArgs {
     /// The process of the job [default: JOB].
     #[arg(short = 'p', long = "process", value_name = "PROCESS")]
     pub process: Option<String>,
-    /// Root of the sockets [default: from the path bpm was invoked by when
-    /// it is BASE/jobs/bpm/bin/bpm, else /var/vcap].
-    #[arg(long = "base-dir", value_name = "DIR", env = "CONTAINER_RUN_BASE_DIR")]
-    pub base_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub base: super::LinkedBaseDir,
 }
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let invoked_as = args.first().cloned().unwrap_or_default();
     let args: BpmArgs = parse(help_word_to_flag(args), &bin_name())?;
-    let base = args
-        .base_dir
-        .clone()
-        .or_else(|| base_from_shim_path(Path::new(&invoked_as)))
-        .unwrap_or_else(|| PathBuf::from("/var/vcap"));
+    let base = args.base.resolve(Path::new(&invoked_as), LINK);
     let job = match (args.verb, args.job.as_deref()) {
         (Verb::List, None) if args.process.is_none() => return list(&base),
         (Verb::List, _) => {
@@ -225,10 +219,13 @@ pub fn tabwrite<R: AsRef<[String]>>(rows: &[R], padding: usize) -> String {
     out
 }
 
+/// Where container-run installs the bpm link, under BASE.
+pub const LINK: &str = "jobs/bpm/bin/bpm";
+
 /// `BASE/jobs/bpm/bin/bpm` -> `BASE`, so the shim works under any base
 /// directory without configuration.
 pub fn base_from_shim_path(invoked: &Path) -> Option<PathBuf> {
-    super::base_from_link(invoked, "jobs/bpm/bin/bpm")
+    super::base_from_link(invoked, LINK)
 }
 
 #[cfg(test)]

@@ -42,14 +42,8 @@ pub struct Selector {
     #[arg(short = 'p', long = "process", value_name = "PROCESS")]
     pub process: Option<String>,
 
-    /// Root of the sockets.
-    #[arg(
-        long = "base-dir",
-        value_name = "DIR",
-        env = "CONTAINER_RUN_BASE_DIR",
-        default_value = "/var/vcap"
-    )]
-    pub base_dir: PathBuf,
+    #[command(flatten)]
+    pub base: crate::cli::BaseDir,
 
     /// Talk to the container-run at this socket.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["job", "all"])]
@@ -66,11 +60,11 @@ impl Selector {
             return Ok(vec![Target::at_socket(socket)]);
         }
         if self.all {
-            return all_targets(&self.base_dir);
+            return all_targets(&self.base.base_dir);
         }
         let job = self.job.as_deref().unwrap_or_default();
         Ok(vec![Target::named(
-            &self.base_dir,
+            &self.base.base_dir,
             job,
             self.process.as_deref(),
         )?])
@@ -110,7 +104,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let args: CtlArgs = parse(help_word_to_flag(args), "container-run ctl")?;
     let targets = args.selector.targets()?;
     if targets.is_empty() {
-        let data = data_dir(&args.selector.base_dir)?;
+        let data = data_dir(&args.selector.base.base_dir)?;
         return Err(Fatal::NoAnswer(format!(
             "no container-run socket under {}",
             data.display()

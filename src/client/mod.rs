@@ -237,6 +237,31 @@ pub fn base_from_link(invoked: &Path, link: &str) -> Option<PathBuf> {
     })
 }
 
+/// `--base-dir` of the compatibility commands (`bpm`, `monit`): without it
+/// (and without `CONTAINER_RUN_BASE_DIR`), BASE comes from the path of the
+/// link they were invoked through, else `/var/vcap`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LinkedBaseDir {
+    /// Root of the sockets [default: from the path invoked when it is
+    /// BASE/jobs/bpm/bin/bpm or BASE/bosh/bin/monit, else /var/vcap].
+    #[arg(
+        long = "base-dir",
+        value_name = "DIR",
+        env = "CONTAINER_RUN_BASE_DIR",
+        global = true
+    )]
+    pub base_dir: Option<PathBuf>,
+}
+
+impl LinkedBaseDir {
+    pub fn resolve(&self, invoked: &Path, link: &str) -> PathBuf {
+        self.base_dir
+            .clone()
+            .or_else(|| base_from_link(invoked, link))
+            .unwrap_or_else(|| PathBuf::from("/var/vcap"))
+    }
+}
+
 /// The job's main process is alive: running, draining, or stopping before
 /// it has exited. What `monit` and `bpm list` call running.
 pub fn main_process_lives(s: &Status) -> bool {

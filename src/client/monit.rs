@@ -4,13 +4,13 @@
 //! asked at once; nothing here waits for a state, as monit did not.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
 use super::{
-    ANSWER_TIMEOUT, Goal, Outcome, Target, base_from_link, drive, help_word_to_flag,
-    main_process_lives, parse, pod_targets,
+    ANSWER_TIMEOUT, Goal, Outcome, Target, drive, help_word_to_flag, main_process_lives, parse,
+    pod_targets,
 };
 use crate::error::Fatal;
 use crate::protocol::{ControlCommand, State};
@@ -35,15 +35,8 @@ pub struct MonitArgs {
     #[command(subcommand)]
     pub action: Action,
 
-    /// Root of the sockets [default: from the path monit was invoked by when
-    /// it is BASE/bosh/bin/monit, else /var/vcap].
-    #[arg(
-        long = "base-dir",
-        value_name = "DIR",
-        env = "CONTAINER_RUN_BASE_DIR",
-        global = true
-    )]
-    pub base_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub base: super::LinkedBaseDir,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
@@ -92,11 +85,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
         other => format!("{other} monit"),
     };
     let args: MonitArgs = parse(help_word_to_flag(args), &bin_name)?;
-    let base = args
-        .base_dir
-        .clone()
-        .or_else(|| base_from_link(Path::new(&invoked_as), LINK))
-        .unwrap_or_else(|| PathBuf::from("/var/vcap"));
+    let base = args.base.resolve(Path::new(&invoked_as), LINK);
     let pod = Pod::new(pod_targets(&base)?);
     let result = match &args.action {
         Action::Summary { name } => show(&pod, name.as_deref(), Layout::Summary),
@@ -456,7 +445,9 @@ fn ctime_now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::base_from_link;
     use crate::protocol::{Drain, PostStart, Status};
+    use std::path::PathBuf;
 
     #[test]
     fn uptime_is_monits_text() {
@@ -594,7 +585,7 @@ mod tests {
         assert_eq!(a.action, Action::Summary { name: None });
         let a = MonitArgs::try_parse_from(["monit", "stop", "all", "--base-dir", "/b"]).unwrap();
         assert_eq!(a.action, Action::Stop { name: "all".into() });
-        assert_eq!(a.base_dir, Some(PathBuf::from("/b")));
+        assert_eq!(a.base.base_dir, Some(PathBuf::from("/b")));
         assert!(MonitArgs::try_parse_from(["monit", "reload"]).is_err());
         assert!(MonitArgs::try_parse_from(["monit", "start"]).is_err());
         assert!(MonitArgs::try_parse_from(["monit"]).is_err());

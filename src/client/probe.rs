@@ -4,7 +4,6 @@
 //! CHECK decides.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 use std::process::Command;
 
 use clap::Parser;
@@ -27,14 +26,8 @@ pub struct ProbeArgs {
     /// The process of the job [default: JOB].
     #[arg(short = 'p', long = "process", value_name = "PROCESS")]
     pub process: Option<String>,
-    /// Root of the sockets.
-    #[arg(
-        long = "base-dir",
-        value_name = "DIR",
-        env = "CONTAINER_RUN_BASE_DIR",
-        default_value = "/var/vcap"
-    )]
-    pub base_dir: PathBuf,
+    #[command(flatten)]
+    pub base: crate::cli::BaseDir,
     /// The liveness check and its arguments.
     #[arg(value_name = "CHECK", required = true, last = true)]
     pub check: Vec<OsString>,
@@ -42,7 +35,7 @@ pub struct ProbeArgs {
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let args: ProbeArgs = parse(args, "container-run probe")?;
-    let target = Target::named(&args.base_dir, &args.job, args.process.as_deref())?;
+    let target = Target::named(&args.base.base_dir, &args.job, args.process.as_deref())?;
     match query(&target) {
         Outcome::Done(status) if status.hold => Ok(0),
         Outcome::Done(_) => Ok(run_check(&args.check)),
