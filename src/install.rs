@@ -75,6 +75,10 @@ pub fn install(dir: &Path) -> Result<(), Fatal> {
         // Through the descriptor, and after the umask had its say.
         fchmod(out.as_fd(), Mode::from_bits_truncate(0o755))?;
         fsync(out.as_fd())?;
+        // Closed before it gets its name: an exec of a file that some
+        // process still has open for writing fails with "Text file busy",
+        // and job containers may exec the name the moment it appears.
+        drop(out);
         renameat(&dir_fd, tmp.as_str(), &dir_fd, NAME)
     });
     if let Err(e) = written {
