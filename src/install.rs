@@ -40,7 +40,7 @@ pub struct InstallArgs {
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let args: InstallArgs = parse(help_word_to_flag(args), "container-run install")?;
     install(&args.dir)?;
-    Ok(0)
+    Ok(crate::exit::OK)
 }
 
 /// Install the running executable as `dir/container-run`.

@@ -14,6 +14,7 @@ use super::{
     Goal, Outcome, Target, drive, help_word_to_flag, main_process_lives, parse, pod_targets, query,
 };
 use crate::error::{Fatal, program, report};
+use crate::exit;
 use crate::paths::Paths;
 use crate::protocol::{ControlCommand, State};
 
@@ -86,7 +87,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
         Verb::List => unreachable!("list returned above"),
     };
     Ok(match outcome {
-        Outcome::Done(_) => 0,
+        Outcome::Done(_) => exit::OK,
         Outcome::TimedOut(last) => {
             report(format!(
                 "{}: timed out after {}, still {}",
@@ -94,11 +95,12 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
                 super::format_duration(WAIT),
                 last.map_or("unknown", |s| s.state.as_str())
             ));
-            1
+            exit::FAILURE
         }
+        // bpm has no "nobody answers" code of its own: any failure is 1.
         Outcome::NoAnswer(why) | Outcome::Failed(why) => {
             report(format!("{}: {why}", target.label));
-            1
+            exit::FAILURE
         }
     })
 }
@@ -123,11 +125,11 @@ fn print_pid(paths: &Paths) -> u8 {
     match pid {
         Some(pid) => {
             println!("{pid}");
-            0
+            exit::OK
         }
         None => {
             println!("Process is not running");
-            1
+            exit::FAILURE
         }
     }
 }
@@ -137,7 +139,7 @@ fn print_running(target: &Target) -> u8 {
     if std::io::stdout().is_terminal() {
         println!("{}", if running { "yes" } else { "no" });
     }
-    if running { 0 } else { 1 }
+    if running { exit::OK } else { exit::FAILURE }
 }
 
 /// `bpm list`: every container-run of the pod, asked at once, in bpm's own
@@ -186,7 +188,7 @@ fn list(base: &Path) -> Result<u8, Fatal> {
     let mut table = vec![["Name", "Pid", "Status"].map(String::from)];
     table.extend(rows);
     print!("{}", tabwrite(&table, 1));
-    Ok(0)
+    Ok(crate::exit::OK)
 }
 
 /// Go's `text/tabwriter` as bpm configures it (minwidth 0, tabwidth 0,

@@ -20,11 +20,9 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::error::{Fatal, os_phrase};
+use crate::exit;
 use crate::paths::Paths;
 use crate::protocol::{ControlCommand, State, Status};
-
-/// Exit code when no container-run answers at a socket.
-pub const NO_ANSWER: u8 = 3;
 
 /// How long a live container-run may take to answer a datagram before it is
 /// reported as not answering.
@@ -293,9 +291,9 @@ pub enum Outcome {
 impl Outcome {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::Done(_) => 0,
-            Outcome::TimedOut(_) | Outcome::Failed(_) => 1,
-            Outcome::NoAnswer(_) => NO_ANSWER,
+            Outcome::Done(_) => exit::OK,
+            Outcome::TimedOut(_) | Outcome::Failed(_) => exit::FAILURE,
+            Outcome::NoAnswer(_) => exit::NO_ANSWER,
         }
     }
 }

@@ -99,7 +99,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     };
     Ok(result.unwrap_or_else(|err| {
         eprintln!("monit: {err}");
-        1
+        crate::exit::FAILURE
     }))
 }
 
@@ -260,7 +260,7 @@ fn show(pod: &Pod, name: Option<&str>, layout: Layout) -> Result<u8, NameError> 
         });
     }
     print!("{text}");
-    Ok(0)
+    Ok(crate::exit::OK)
 }
 
 /// `start`, `stop`, `restart` (and `monitor`/`unmonitor`, which send
@@ -268,7 +268,7 @@ fn show(pod: &Pod, name: Option<&str>, layout: Layout) -> Result<u8, NameError> 
 fn control(pod: &Pod, name: &str, commands: &[ControlCommand]) -> Result<u8, NameError> {
     let chosen = pod.select(name)?;
     if commands.is_empty() {
-        return Ok(0);
+        return Ok(crate::exit::OK);
     }
     let targets = pod.targets(&chosen);
     let outcomes = drive(&targets, commands, Goal::Ack, ANSWER_TIMEOUT);

@@ -9,7 +9,7 @@ use std::process::Command;
 use clap::Parser;
 
 use super::{Outcome, Target, parse, query};
-use crate::error::{Fatal, os_phrase, report};
+use crate::error::{Fatal, report};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,34 +37,33 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let args: ProbeArgs = parse(args, "container-run probe")?;
     let target = Target::named(&args.base.base_dir, &args.job, args.process.as_deref())?;
     match query(&target) {
-        Outcome::Done(status) if status.hold => Ok(0),
+        Outcome::Done(status) if status.hold => Ok(crate::exit::OK),
         Outcome::Done(_) => Ok(run_check(&args.check)),
         Outcome::NoAnswer(why) | Outcome::Failed(why) => {
             report(format!("{}: {why}", target.label));
-            Ok(1)
+            Ok(crate::exit::FAILURE)
         }
         Outcome::TimedOut(_) => {
             report(format!("{}: no answer", target.label));
-            Ok(1)
+            Ok(crate::exit::FAILURE)
         }
     }
 }
 
 fn run_check(check: &[OsString]) -> u8 {
+    use crate::exit;
+    use crate::tree::Exit;
     use std::os::unix::process::ExitStatusExt;
     match Command::new(&check[0]).args(&check[1..]).status() {
         Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => code as u8,
-            (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
-            _ => 1,
+            (Some(code), _) => exit::from_wait(Exit::Code(code as u8)),
+            (None, Some(sig)) => exit::from_wait(Exit::Signal(sig as u8)),
+            _ => exit::FAILURE,
         },
         Err(e) => {
-            report(format!("{}: {}", check[0].to_string_lossy(), os_phrase(&e)));
-            if e.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            }
+            let (code, what) = exit::from_spawn_error(&e);
+            report(format!("{}: {what}", check[0].to_string_lossy()));
+            code
         }
     }
 }
