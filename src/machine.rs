@@ -281,6 +281,17 @@ fn after(now: Instant, d: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
+/// SIGKILL to the job's group, the helpers' groups and whatever else is
+/// left of the tree, except the group `spare`.
+fn kill_tree(group: Pid, helpers: &[Pid], spare: Option<Pid>) -> Action {
+    Action::KillTree {
+        groups: std::iter::once(group)
+            .chain(helpers.iter().copied())
+            .collect(),
+        spare,
+    }
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -292,12 +303,11 @@ impl Machine {
             DrainPlan::Script { .. } => Drain::Ready,
             _ => Drain::None,
         };
-        let post_start = PostStart::None;
         Machine {
             cfg,
             phase: Phase::Stopped,
             hold,
-            post_start,
+            post_start: PostStart::None,
             drain,
             starts: 0,
             last_exit: None,
@@ -321,7 +331,7 @@ impl Machine {
             }
             Event::Spawned(child, pid) => self.spawned(now, child, pid, &mut acts),
             Event::SpawnFailed(child, code) => self.spawn_failed(now, child, code, &mut acts),
-            Event::Missing(child) => self.missing(now, child, &mut acts),
+            Event::Missing(child) => self.missing(child, &mut acts),
             Event::Reaped { pid, exit } => self.reaped(now, pid, exit, &mut acts),
             Event::Drained { children_left } => self.drained(children_left, &mut acts),
             Event::DrainOutput(out) => self.drain_output(now, out, &mut acts),
@@ -378,16 +388,14 @@ impl Machine {
             Phase::Draining { step, deadline, .. } => {
                 let deadline = *deadline;
                 let step = std::mem::replace(step, DrainStep::Launching);
-                let then = self.shutdown_then();
-                match step {
-                    // TERM (a drain script's own `bpm stop`) lets the script
-                    // run to its end; STOP ends it at once.
+                // TERM (a drain script's own `bpm stop`) lets the script run
+                // to its end; STOP ends it at once.
+                let late = match step {
                     DrainStep::Script(script) if term => {
-                        let late = LateDrain { script, deadline };
                         log::info!(
                             "TERM during the drain: stopping the job; the drain script may finish"
                         );
-                        self.begin_stop(now, then, Some(late), acts);
+                        Some(LateDrain { script, deadline })
                     }
                     DrainStep::Script(script) => {
                         log::info!("STOP during the drain: killing the drain script");
@@ -396,17 +404,18 @@ impl Machine {
                             signal: Signal::SIGKILL,
                         });
                         self.drain = Drain::Cancelled;
-                        self.begin_stop(now, then, None, acts);
+                        None
                     }
                     DrainStep::Barrier { result, .. } => {
                         self.drain = result;
-                        self.begin_stop(now, then, None, acts);
+                        None
                     }
                     DrainStep::Launching | DrainStep::Pause { .. } => {
                         self.drain = Drain::Cancelled;
-                        self.begin_stop(now, then, None, acts);
+                        None
                     }
-                }
+                };
+                self.begin_stop(now, self.shutdown_then(), late, acts);
             }
             Phase::Stopping { then, drain, .. } => {
                 *then = match *then {
@@ -659,7 +668,7 @@ impl Machine {
         }
     }
 
-    fn missing(&mut self, _now: Instant, child: Child, acts: &mut Vec<Action>) {
+    fn missing(&mut self, child: Child, acts: &mut Vec<Action>) {
         match (&mut self.phase, child) {
             (Phase::Running { hook, .. }, Child::PostStart) => {
                 *hook = Hook::Idle;
@@ -694,10 +703,7 @@ impl Machine {
                     let deadline = self.drain_deadline().unwrap_or(now);
                     self.drain = result;
                     let late = late.map(|script| LateDrain { script, deadline });
-                    self.begin_stop(now, Then::Exit(exit::from_wait(exit)), late, acts);
-                    if let Phase::Stopping { main, .. } = &mut self.phase {
-                        *main = None;
-                    }
+                    self.stop_after_exit(now, Then::Exit(exit::from_wait(exit)), late, acts);
                 } else if let DrainStep::Script(script) = step
                     && script.pid == pid
                 {
@@ -733,7 +739,18 @@ impl Machine {
             log::error!("process {pid} {exit}: stopping and exiting with {status}");
             Then::Exit(status)
         };
-        self.begin_stop(now, then, None, acts);
+        self.stop_after_exit(now, then, None, acts);
+    }
+
+    /// Stop what is left of the tree once the job's process has exited.
+    fn stop_after_exit(
+        &mut self,
+        now: Instant,
+        then: Then,
+        late: Option<LateDrain>,
+        acts: &mut Vec<Action>,
+    ) {
+        self.begin_stop(now, then, late, acts);
         if let Phase::Stopping { main, .. } = &mut self.phase {
             *main = None;
         }
@@ -790,12 +807,11 @@ impl Machine {
         if children_left {
             if kill_at.is_none() {
                 // Orphans re-parented to container-run since the last sweep.
-                acts.push(Action::KillTree {
-                    groups: std::iter::once(*group)
-                        .chain(helpers.iter().copied())
-                        .collect(),
-                    spare: drain.as_ref().map(|l| l.script.pid),
-                });
+                acts.push(kill_tree(
+                    *group,
+                    helpers,
+                    drain.as_ref().map(|l| l.script.pid),
+                ));
             }
             return;
         }
@@ -925,12 +941,7 @@ impl Machine {
                 acts.push(Action::Signal { group: pid, signal });
             }
         } else {
-            acts.push(Action::KillTree {
-                groups: std::iter::once(*group)
-                    .chain(helpers.iter().copied())
-                    .collect(),
-                spare: None,
-            });
+            acts.push(kill_tree(*group, helpers, None));
         }
     }
 
@@ -1059,12 +1070,11 @@ impl Machine {
                         "stop timeout of {:?} reached: killing what is left",
                         self.cfg.stop_timeout
                     );
-                    acts.push(Action::KillTree {
-                        groups: std::iter::once(*group)
-                            .chain(helpers.iter().copied())
-                            .collect(),
-                        spare: drain.as_ref().map(|l| l.script.pid),
-                    });
+                    acts.push(kill_tree(
+                        *group,
+                        helpers,
+                        drain.as_ref().map(|l| l.script.pid),
+                    ));
                 }
             }
         }

@@ -21,30 +21,6 @@ use crate::protocol::{Drain, MAX_DATAGRAM, State, Status};
 /// How long a peer has to answer before it is taken for no peer.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
-/// Every `*_containerrun.sock` under `data_dir/*/`, listed anew each round:
-/// a container that starts or ends meanwhile is seen at the next one.
-pub fn pod_sockets(data_dir: &Path) -> Vec<PathBuf> {
-    let Ok(jobs) = std::fs::read_dir(data_dir) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for job in jobs.flatten() {
-        let Ok(files) = std::fs::read_dir(job.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            if f.file_name()
-                .to_str()
-                .is_some_and(|n| n.ends_with("_containerrun.sock"))
-            {
-                found.push(f.path());
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
 pub struct PeerRound {
     sock: UnixDatagram,
     /// Peers asked that have not answered as a peer yet.
@@ -59,12 +35,16 @@ pub struct PeerRound {
 }
 
 impl PeerRound {
-    /// Ask every socket under `data_dir` but `own` for its STATUS; `None`
+    /// Ask every container-run socket under `BASE/data` but `own` for its STATUS; `None`
     /// when there is no other socket to ask (nothing is created then, so a
     /// container-run alone in its pod stops as fast as without a barrier).
-    pub fn start(data_dir: &Path, own: &Path, now: Instant) -> io::Result<Option<PeerRound>> {
-        let others: Vec<PathBuf> = pod_sockets(data_dir)
+    pub fn start(base: &Path, own: &Path, now: Instant) -> io::Result<Option<PeerRound>> {
+        // Listed anew at each round: a container that starts or ends
+        // meanwhile is seen at the next one.
+        let others: Vec<PathBuf> = crate::paths::pod_sockets(base)
+            .unwrap_or_default()
             .into_iter()
+            .map(|p| p.socket)
             .filter(|p| p != own)
             .collect();
         if others.is_empty() {

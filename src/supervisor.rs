@@ -493,8 +493,7 @@ impl Supervisor {
     /// Start a round of STATUS to the pod's peers; with none to ask, the
     /// answer is known at once.
     fn ask_peers(&mut self) -> Option<Event> {
-        let data_dir = self.cfg.paths.base.join("data");
-        match PeerRound::start(&data_dir, &self.cfg.paths.socket, Instant::now()) {
+        match PeerRound::start(&self.cfg.paths.base, &self.cfg.paths.socket, Instant::now()) {
             Ok(None) => Some(Event::PeersAnswered(Default::default())),
             Ok(Some(round)) if round.complete(Instant::now()) => {
                 Some(Event::PeersAnswered(round.tally()))

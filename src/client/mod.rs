@@ -173,34 +173,22 @@ pub fn data_dir(base: &Path) -> Result<PathBuf, Fatal> {
 /// `BASE/data` is no error of the caller's: nothing runs there (exit 3).
 pub fn all_targets(base: &Path) -> Result<Vec<Target>, Fatal> {
     let data = data_dir(base)?;
-    let jobs = std::fs::read_dir(&data).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Fatal::NoAnswer(format!(
-            "no container-run socket under {}: no such directory",
-            data.display()
-        )),
-        _ => Fatal::Setup(format!("cannot list {}: {}", data.display(), os_phrase(&e))),
-    })?;
-    let mut targets = Vec::new();
-    for job in jobs.flatten() {
-        let Ok(files) = std::fs::read_dir(job.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let name = f.file_name();
-            let Some(process) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix("_containerrun.sock"))
-            else {
-                continue;
-            };
-            let job_name = job.file_name().to_string_lossy().into_owned();
-            targets.push(Target {
-                label: format!("{job_name}/{process}"),
-                socket: f.path(),
-                paths: Paths::new(data.parent().unwrap_or(&data), &job_name, process).ok(),
-            });
-        }
-    }
+    let base = data.parent().unwrap_or(&data);
+    let mut targets: Vec<Target> = crate::paths::pod_sockets(base)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Fatal::NoAnswer(format!(
+                "no container-run socket under {}: no such directory",
+                data.display()
+            )),
+            _ => Fatal::Setup(format!("cannot list {}: {}", data.display(), os_phrase(&e))),
+        })?
+        .into_iter()
+        .map(|paths| Target {
+            label: format!("{}/{}", paths.job, paths.process),
+            socket: paths.socket.clone(),
+            paths: Some(paths),
+        })
+        .collect();
     targets.sort_by(|a, b| a.label.cmp(&b.label));
     Ok(targets)
 }
