@@ -58,11 +58,20 @@ fn stop_start_term_and_a_crash_are_logged_in_order() {
 #[test]
 fn a_failed_post_start_and_a_stop_timeout_are_logged() {
     let t = TempDir::new();
+    // The post-start fails only once the job ignores SIGTERM (its ready
+    // file), so that the stop always runs into its timeout.
+    let ready = t.file("ready");
+    let fail_when_ready = format!(
+        "for i in $(seq 2000); do [ -e {r} ] && exit 4; sleep 0.01; done; exit 5",
+        r = ready.display()
+    );
+    let job = format!("trap '' TERM; touch {}; exec sleep 1000", ready.display());
     let mut run = Run::builder(t.path(), "web")
         .args(["--stop-timeout", "1s"])
         .args(["--post-start-name", "/bin/sh", "--post-start-arg", "-c"])
-        .args(["--post-start-arg", "exit 4"])
-        .spawn(["/bin/sh", "-c", "trap '' TERM; exec sleep 1000"]);
+        .arg("--post-start-arg")
+        .arg(&fail_when_ready)
+        .spawn(["/bin/sh", "-c", &job]);
     let job = run.wait_running();
     assert_eq!(run.wait_exit(), 1);
     let lines = log_lines(&run, &[job]);
