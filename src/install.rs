@@ -5,16 +5,16 @@
 //! installed file: the old inode stays with the processes that run it, no
 //! "Text file busy", and a reader never sees a half-written binary.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use nix::fcntl::{OFlag, open, openat, renameat};
-use nix::sys::stat::{Mode, fchmod};
-use nix::unistd::{UnlinkatFlags, fsync, unlinkat};
+use nix::fcntl::{OFlag, open};
+use nix::sys::stat::Mode;
+use nix::unistd::fsync;
 
 use crate::client::{help_word_to_flag, parse};
 use crate::error::Fatal;
@@ -62,62 +62,15 @@ pub fn install(dir: &Path) -> Result<(), Fatal> {
         Mode::empty(),
     )
     .map_err(|e| Fatal::setup(dir.display(), e))?;
-    let tmp = temporary_name().map_err(|e| fail(&e))?;
-    let written = openat(
-        &dir_fd,
-        tmp.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o600),
-    )
-    .map(File::from)
-    .and_then(|mut out| {
-        std::io::copy(&mut source, &mut out).map_err(io_errno)?;
-        // Through the descriptor, and after the umask had its say.
-        fchmod(out.as_fd(), Mode::from_bits_truncate(0o755))?;
-        fsync(out.as_fd())?;
-        // Closed before it gets its name: an exec of a file that some
-        // process still has open for writing fails with "Text file busy",
-        // and job containers may exec the name the moment it appears.
-        drop(out);
-        renameat(&dir_fd, tmp.as_str(), &dir_fd, NAME)
-    });
-    if let Err(e) = written {
-        let _ = unlinkat(&dir_fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        return Err(fail(&e));
-    }
+    // A hidden temporary under an unpredictable name, renamed into place
+    // once written, synced and closed.
+    crate::state_files::write_with(dir_fd.as_fd(), OsStr::new(NAME), 0o755, |out| {
+        std::io::copy(&mut source, out)?;
+        out.sync_all()
+    })
+    .map_err(|e| fail(&e))?;
     // The rename itself survives a crash of the node only once the
     // directory is on disk; failing that is not worth failing the install.
     let _ = fsync(dir_fd.as_fd());
     Ok(())
-}
-
-fn io_errno(e: std::io::Error) -> nix::Error {
-    e.raw_os_error()
-        .map(nix::Error::from_raw)
-        .unwrap_or(nix::Error::EIO)
-}
-
-/// `.container-run.` and 16 random hex digits: a name that someone who can
-/// write into DIR cannot prepare a symlink for in advance.
-fn temporary_name() -> std::io::Result<String> {
-    let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(format!(".{NAME}.{:016x}", u64::from_ne_bytes(bytes)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn temporary_names_differ_and_stay_hidden() {
-        let a = temporary_name().unwrap();
-        let b = temporary_name().unwrap();
-        assert_ne!(a, b);
-        assert!(a.starts_with(".container-run.") && a.len() == ".container-run.".len() + 16);
-    }
 }

@@ -117,10 +117,6 @@ pub enum Occupant {
     NotASocket,
 }
 
-fn errno(e: Errno) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
 fn kind(st: &FileStat) -> &'static str {
     match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
         SFlag::S_IFSOCK => "socket",
@@ -160,18 +156,18 @@ struct PrivateDir<'a> {
 impl<'a> PrivateDir<'a> {
     fn create(parent: BorrowedFd<'a>, me: &Identity) -> io::Result<PrivateDir<'a>> {
         let name = format!(".container-run.{}", state_files::random_suffix()?);
-        mkdirat(parent, name.as_str(), Mode::S_IRWXU).map_err(errno)?;
+        mkdirat(parent, name.as_str(), Mode::S_IRWXU).map_err(io::Error::from)?;
         let dir = openat(
             parent,
             name.as_str(),
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(errno)
+        .map_err(io::Error::from)
         .and_then(|fd| {
             // The name was visible to the directory's owner between mkdir
             // and open: make sure this is the directory we created.
-            let st = nix::sys::stat::fstat(fd.as_fd()).map_err(errno)?;
+            let st = nix::sys::stat::fstat(fd.as_fd()).map_err(io::Error::from)?;
             if st.st_uid != me.uid || st.st_mode & 0o077 != 0 {
                 return Err(io::Error::other(
                     "the private directory was replaced while being created",
@@ -207,8 +203,8 @@ fn bind_in(dir: BorrowedFd, name: &str) -> io::Result<UnixDatagram> {
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(errno)?;
-    fchdir(dir).map_err(errno)?;
+    .map_err(io::Error::from)?;
+    fchdir(dir).map_err(io::Error::from)?;
     let bound = UnixDatagram::bind(name);
     if let Err(e) = fchdir(here.as_fd()) {
         log::error!("cannot return to the working directory: {e}");
@@ -306,7 +302,7 @@ impl ControlSocket {
             .map_err(|e| cannot("cannot make non-blocking", e))?;
         // Credentials of every sender, for replies to paths (see `reply`).
         setsockopt(&sock, sockopt::PassCred, &true)
-            .map_err(|e| cannot("cannot ask for sender credentials on", errno(e)))?;
+            .map_err(|e| cannot("cannot ask for sender credentials on", io::Error::from(e)))?;
         let inner = private.fd.as_fd();
         if let Some(gid) = group {
             fchownat(
@@ -316,7 +312,7 @@ impl ControlSocket {
                 Some(Gid::from_raw(gid)),
                 AtFlags::AT_SYMLINK_NOFOLLOW,
             )
-            .map_err(|e| cannot(&format!("cannot give group {gid} to"), errno(e)))?;
+            .map_err(|e| cannot(&format!("cannot give group {gid} to"), io::Error::from(e)))?;
         }
         // Inside the private directory the name can only be our socket.
         fchmodat(
@@ -325,9 +321,9 @@ impl ControlSocket {
             Mode::from_bits_truncate(mode),
             FchmodatFlags::FollowSymlink,
         )
-        .map_err(|e| cannot("cannot set the mode of", errno(e)))?;
+        .map_err(|e| cannot("cannot set the mode of", io::Error::from(e)))?;
         let st = fstatat(inner, INNER, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(|e| cannot("cannot stat", errno(e)))?;
+            .map_err(|e| cannot("cannot stat", io::Error::from(e)))?;
         let identity = (st.st_dev, st.st_ino);
         match how {
             Publish::Exclusive => Self::publish_exclusive(inner, data.as_fd(), name, path, me)?,

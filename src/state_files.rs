@@ -31,10 +31,6 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
 
-fn errno(e: Errno) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
 /// 64 random bits as hex: temporary names that nobody can plant a link at
 /// in advance (as PID 1, a pid suffix is always `1`). Drawn from a pool
 /// filled by `getrandom`, one system call per 32 names; the pool never
@@ -96,7 +92,7 @@ fn base_fd(base: &Path, reopen: bool, create: bool) -> io::Result<Arc<OwnedFd>> 
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
-        .map_err(errno)
+        .map_err(io::Error::from)
     };
     let fd = match open() {
         Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
@@ -170,7 +166,7 @@ fn openat2_beneath(base: &OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
 }
 
 fn walk(base: &OwnedFd, rel: &Path, create: bool) -> io::Result<OwnedFd> {
-    let mut dir = openat(base.as_fd(), ".", DIR_FLAGS, Mode::empty()).map_err(errno)?;
+    let mut dir = openat(base.as_fd(), ".", DIR_FLAGS, Mode::empty()).map_err(io::Error::from)?;
     for component in rel.components() {
         dir = open_child_dir(dir.as_fd(), component.as_os_str(), create)?;
     }
@@ -184,7 +180,7 @@ fn open_child_dir(parent: BorrowedFd, name: &OsStr, create: bool) -> io::Result<
                 "{} is not a directory (a symbolic link?): not following it",
                 name.to_string_lossy()
             )),
-            e => errno(e),
+            e => io::Error::from(e),
         })
     };
     match open() {
@@ -194,12 +190,12 @@ fn open_child_dir(parent: BorrowedFd, name: &OsStr, create: bool) -> io::Result<
     let created = match mkdirat(parent, name, Mode::from_bits_truncate(DIR_MODE)) {
         Ok(()) => true,
         Err(Errno::EEXIST) => false,
-        Err(e) => return Err(errno(e)),
+        Err(e) => return Err(io::Error::from(e)),
     };
     let fd = open()?;
     if created {
         // An explicit mode: the umask may be anything, 000 included.
-        fchmod(fd.as_fd(), Mode::from_bits_truncate(DIR_MODE)).map_err(errno)?;
+        fchmod(fd.as_fd(), Mode::from_bits_truncate(DIR_MODE)).map_err(io::Error::from)?;
     }
     Ok(fd)
 }
@@ -221,10 +217,23 @@ pub fn open_parent<'a>(
 }
 
 /// Write `contents` under `name` in `dir` so that readers see the whole file
-/// or none: a temporary with an unpredictable name, created O_EXCL|O_NOFOLLOW
-/// (a link planted anywhere is never followed), its mode set through its fd,
-/// then renamed in the same directory.
+/// or none (see `write_with`).
 pub fn write_in(dir: BorrowedFd, name: &OsStr, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_with(dir, name, mode, |file| file.write_all(contents))
+}
+
+/// Create `name` in `dir` with what `fill` writes: a temporary with an
+/// unpredictable name, created O_EXCL|O_NOFOLLOW (a link planted anywhere
+/// is never followed), its mode set through its fd, closed, then renamed in
+/// the same directory. Closed before it gets its name, because an exec of a
+/// file that a process still has open for writing fails with "Text file
+/// busy" (`container-run install`'s binary).
+pub fn write_with(
+    dir: BorrowedFd,
+    name: &OsStr,
+    mode: u32,
+    fill: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> io::Result<()> {
     let mut tmp = OsString::from(".");
     tmp.push(name);
     tmp.push(format!(".{}", random_suffix()?));
@@ -237,18 +246,18 @@ pub fn write_in(dir: BorrowedFd, name: &OsStr, contents: &[u8], mode: u32) -> io
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(if whole { mode } else { 0o600 }),
     )
-    .map_err(errno)?;
+    .map_err(io::Error::from)?;
     let mut file = std::fs::File::from(fd);
-    let chmod = || {
-        if whole {
-            Ok(())
-        } else {
-            fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).map_err(errno)
-        }
-    };
-    let result = chmod()
-        .and_then(|()| file.write_all(contents))
-        .and_then(|()| renameat(dir, tmp.as_os_str(), dir, name).map_err(errno));
+    let result = if whole {
+        Ok(())
+    } else {
+        fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).map_err(io::Error::from)
+    }
+    .and_then(|()| fill(&mut file))
+    .and_then(|()| {
+        drop(file);
+        renameat(dir, tmp.as_os_str(), dir, name).map_err(io::Error::from)
+    });
     if result.is_err() {
         let _ = unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
     }
@@ -260,7 +269,7 @@ pub fn write_in(dir: BorrowedFd, name: &OsStr, contents: &[u8], mode: u32) -> io
 pub fn remove_in(dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
     match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(errno(e)),
+        Err(e) => Err(io::Error::from(e)),
     }
 }
 
@@ -323,7 +332,7 @@ pub fn prepare_dirs(paths: &Paths) -> io::Result<()> {
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::from_bits_truncate(0o600),
         )
-        .map_err(errno)?;
+        .map_err(io::Error::from)?;
         remove_in(fd.as_fd(), OsStr::new(&probe))?;
     }
     Ok(())
@@ -349,7 +358,7 @@ pub fn install_links(paths: &Paths) {
             match symlinkat(exe.as_os_str(), dir.as_fd(), name) {
                 Ok(()) => Ok(true),
                 Err(Errno::EEXIST) => Ok(false),
-                Err(e) => Err(errno(e)),
+                Err(e) => Err(io::Error::from(e)),
             }
         });
         match result {
