@@ -17,11 +17,12 @@ use crate::paths::Paths;
 pub const AFTER_HELP: &str = "\
 Other modes of the same binary:
   container-run ctl start|stop|term|quit|status|restart JOB [-p PROCESS]
-  container-run bpm start|stop|term|quit|pid|running JOB [-p PROCESS]
+  container-run bpm start|stop|term|quit|pid|running JOB [-p PROCESS] | list
+  container-run monit summary|status|start|stop|restart|monitor|unmonitor [NAME|all]
   container-run probe JOB [-p PROCESS] -- CHECK [ARG...]
   container-run install DIR   (copy this binary to DIR/container-run)
-  (each has its own --help, or `container-run help MODE`; invoked as `bpm`,
-  the binary is the bpm command)
+  (each has its own --help, or `container-run help MODE`; invoked as `bpm`
+  or `monit`, the binary is that command)
 
 Exit codes:
   0        stopped by SIGTERM/SIGINT, everything ended
@@ -210,7 +211,9 @@ pub fn command_tree() -> clap::Command {
     RunArgs::command()
         .subcommand(crate::client::ctl::CtlArgs::command().name("ctl"))
         .subcommand(crate::client::bpm::BpmArgs::command().name("bpm"))
+        .subcommand(crate::client::monit::MonitArgs::command().name("monit"))
         .subcommand(crate::client::probe::ProbeArgs::command().name("probe"))
+        .subcommand(crate::install::InstallArgs::command().name("install"))
         .args_conflicts_with_subcommands(true)
         .subcommand_negates_reqs(true)
 }
@@ -225,8 +228,7 @@ pub struct HookCommand {
 /// Everything the supervisor needs, validated.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    pub job: String,
-    pub process: String,
+    /// Every file of the job process, and its validated JOB and PROCESS.
     pub paths: Paths,
     pub command: JobCommand,
     pub post_start: Option<HookCommand>,
@@ -247,7 +249,6 @@ impl RunArgs {
     pub fn validate(self) -> Result<RunConfig, Fatal> {
         let process = self.process_name.as_deref().unwrap_or(&self.job_name);
         let paths = Paths::new(&absolute(&self.base.base_dir)?, &self.job_name, process)?;
-        let (job, process) = (paths.job.clone(), paths.process.clone());
         if self.post_start_name.is_none()
             && (self.condition_name.is_some() || !self.post_start_args.is_empty())
         {
@@ -264,8 +265,6 @@ impl RunArgs {
             return Err(Fatal::Usage("--condition-interval must be above 0".into()));
         }
         Ok(RunConfig {
-            job,
-            process,
             paths,
             command: JobCommand::new(self.command)
                 .ok_or_else(|| Fatal::Usage("COMMAND is required".into()))?,
@@ -549,8 +548,8 @@ mod tests {
         ])
         .unwrap();
         let cfg = args.validate().unwrap();
-        assert_eq!(cfg.job, "nats");
-        assert_eq!(cfg.process, "nats-server");
+        assert_eq!(cfg.paths.job, "nats");
+        assert_eq!(cfg.paths.process, "nats-server");
         assert_eq!(cfg.command.program(), "/bin/nats");
         assert_eq!(cfg.command.args(), ["--config", "c.yml"]);
         let ps = cfg.post_start.unwrap();
@@ -567,7 +566,7 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
-        assert_eq!(cfg.process, "j");
+        assert_eq!(cfg.paths.process, "j");
         assert_eq!(
             cfg.paths.socket,
             Path::new("/b/data/j/j_containerrun.sock").to_path_buf()

@@ -1,7 +1,8 @@
 //! The errors that end container-run before or outside its event loop, the
 //! one place where each becomes an exit code (SPEC section 7), and the one
 //! style of every error line: `PROGRAM: MESSAGE`, where PROGRAM is
-//! `container-run` in every mode, or `bpm` when the binary is invoked as bpm.
+//! `container-run` in every mode, or `bpm` / `monit` when the binary is
+//! invoked under that name.
 
 use std::sync::OnceLock;
 

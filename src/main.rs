@@ -55,13 +55,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// `container-run help [ctl|bpm|probe]`: that mode's `--help`.
+/// `container-run help [MODE]`: that mode's `--help`.
 fn help(args: &[OsString]) -> Result<u8, Fatal> {
     let flag = || OsString::from("--help");
     match args.get(2).and_then(|a| a.to_str()) {
         Some("ctl") => client::ctl::main(vec!["ctl".into(), flag()]),
         Some("bpm") => client::bpm::main(vec!["bpm".into(), flag()]),
+        Some("monit") => client::monit::main(vec!["monit".into(), flag()]),
         Some("probe") => client::probe::main(vec!["probe".into(), flag()]),
+        Some("install") => container_run::install::main(vec!["install".into(), flag()]),
         _ => run(vec![args[0].clone(), flag()]),
     }
 }
@@ -78,8 +80,9 @@ fn run(args: Vec<OsString>) -> Result<u8, Fatal> {
 /// which command was meant rather than that --job-name is missing.
 fn client_verb_hint(args: &[OsString]) -> Option<Fatal> {
     let verb = args.get(1)?.to_str()?;
-    let verbs = ["start", "stop", "term", "quit", "status", "restart"];
-    verbs.contains(&verb).then(|| {
+    // ctl's own verbs, so that the hint cannot drift from them.
+    let is_ctl_verb = <client::ctl::Verb as clap::ValueEnum>::from_str(verb, false).is_ok();
+    is_ctl_verb.then(|| {
         let rest: Vec<String> = args[1..]
             .iter()
             .map(|a| a.to_string_lossy().into_owned())

@@ -246,6 +246,47 @@ mod tests {
 
     use serde_json::Value;
 
+    /// The JSON names (serde) and the names tables and logs print
+    /// (`as_str`) are written twice; they must not drift apart.
+    #[test]
+    fn wire_names_and_printed_names_agree() {
+        let json = |v: serde_json::Value| v.as_str().unwrap().to_string();
+        for s in [
+            State::Running,
+            State::Draining,
+            State::Stopping,
+            State::Stopped,
+        ] {
+            assert_eq!(json(serde_json::to_value(s).unwrap()), s.as_str());
+        }
+        use PostStart as P;
+        for p in [
+            P::None,
+            P::Pending,
+            P::Running,
+            P::Done,
+            P::Failed,
+            P::Skipped,
+            P::Cancelled,
+        ] {
+            assert_eq!(json(serde_json::to_value(p).unwrap()), p.as_str());
+        }
+        use Drain as D;
+        for d in [
+            D::None,
+            D::Ready,
+            D::Running,
+            D::Waiting,
+            D::Done,
+            D::Failed,
+            D::TimedOut,
+            D::Skipped,
+            D::Cancelled,
+        ] {
+            assert_eq!(json(serde_json::to_value(d).unwrap()), d.as_str());
+        }
+    }
+
     #[test]
     fn reply_is_one_json_line_with_the_required_fields() {
         let status = Status {

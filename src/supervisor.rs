@@ -115,11 +115,11 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
         log::info!(
             "STOP marker {} found: staying stopped until `container-run ctl start {}{}`",
             paths.stopped.display(),
-            cfg.job,
-            if cfg.process == cfg.job {
+            cfg.paths.job,
+            if cfg.paths.process == cfg.paths.job {
                 String::new()
             } else {
-                format!(" -p {}", cfg.process)
+                format!(" -p {}", cfg.paths.process)
             }
         );
     }
@@ -405,8 +405,8 @@ impl Supervisor {
         Status {
             state: snap.state,
             pid: snap.pid,
-            job: self.cfg.job.clone(),
-            process: self.cfg.process.clone(),
+            job: self.cfg.paths.job.clone(),
+            process: self.cfg.paths.process.clone(),
             starts: snap.starts,
             hold: snap.hold,
             pending_start: snap.pending_start,
@@ -580,8 +580,8 @@ impl Supervisor {
                         "running {} as pid {} (job {}, process {})",
                         program.to_string_lossy(),
                         spawned.pid,
-                        cfg.job,
-                        cfg.process
+                        cfg.paths.job,
+                        cfg.paths.process
                     ),
                     Child::Condition => {
                         log::debug!("post-start condition runs as pid {}", spawned.pid)

@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -13,7 +13,7 @@ use clap::{Parser, ValueEnum};
 use super::{
     Goal, Outcome, Target, drive, help_word_to_flag, main_process_lives, parse, pod_targets, query,
 };
-use crate::error::{Fatal, program, report};
+use crate::error::{Fatal, report};
 use crate::exit;
 use crate::paths::Paths;
 use crate::protocol::{ControlCommand, State};
@@ -108,10 +108,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
 /// `bpm` when invoked as bpm, `container-run bpm` otherwise: what usage
 /// lines and error hints name.
 fn bin_name() -> String {
-    match program() {
-        "bpm" => "bpm".into(),
-        other => format!("{other} bpm"),
-    }
+    super::mode_bin_name("bpm")
 }
 
 fn send(target: &Target, cmd: ControlCommand, goal: Goal) -> Outcome {
@@ -224,31 +221,29 @@ pub fn tabwrite<R: AsRef<[String]>>(rows: &[R], padding: usize) -> String {
 /// Where container-run installs the bpm link, under BASE.
 pub const LINK: &str = "jobs/bpm/bin/bpm";
 
-/// `BASE/jobs/bpm/bin/bpm` -> `BASE`, so the shim works under any base
-/// directory without configuration.
-pub fn base_from_shim_path(invoked: &Path) -> Option<PathBuf> {
-    super::base_from_link(invoked, LINK)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn base_of(invoked: &Path) -> Option<std::path::PathBuf> {
+        crate::client::base_from_link(invoked, LINK)
+    }
+
     #[test]
     fn base_is_derived_from_the_shim_path() {
         assert_eq!(
-            base_from_shim_path(Path::new("/var/vcap/jobs/bpm/bin/bpm")),
-            Some(PathBuf::from("/var/vcap"))
+            base_of(Path::new("/var/vcap/jobs/bpm/bin/bpm")),
+            Some(std::path::PathBuf::from("/var/vcap"))
         );
         assert_eq!(
-            base_from_shim_path(Path::new("/tmp/x/jobs/bpm/bin/bpm")),
-            Some(PathBuf::from("/tmp/x"))
+            base_of(Path::new("/tmp/x/jobs/bpm/bin/bpm")),
+            Some(std::path::PathBuf::from("/tmp/x"))
         );
-        assert_eq!(base_from_shim_path(Path::new("bpm")), None);
-        assert_eq!(base_from_shim_path(Path::new("/usr/bin/bpm")), None);
+        assert_eq!(base_of(Path::new("bpm")), None);
+        assert_eq!(base_of(Path::new("/usr/bin/bpm")), None);
         assert_eq!(
-            base_from_shim_path(Path::new("jobs/bpm/bin/bpm")),
-            Some(PathBuf::from("."))
+            base_of(Path::new("jobs/bpm/bin/bpm")),
+            Some(std::path::PathBuf::from("."))
         );
     }
 

@@ -223,6 +223,15 @@ pub fn base_from_link(invoked: &Path, link: &str) -> Option<PathBuf> {
     })
 }
 
+/// What usage lines call a mode: `bpm` when the binary is invoked as bpm
+/// (or `monit` as monit), `container-run bpm` otherwise.
+pub fn mode_bin_name(mode: &str) -> String {
+    match crate::error::program() {
+        p if p == mode => mode.to_string(),
+        other => format!("{other} {mode}"),
+    }
+}
+
 /// `--base-dir` of the compatibility commands (`bpm`, `monit`): without it
 /// (and without `CONTAINER_RUN_BASE_DIR`), BASE comes from the path of the
 /// link they were invoked through, else `/var/vcap`.
@@ -487,14 +496,13 @@ pub fn drive_with_progress(
 ) -> Vec<Outcome> {
     let start = Instant::now();
     // A timeout too long for the clock is a wait without end, not a panic.
-    const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
-    let deadline = start + timeout.min(CENTURY);
+    let deadline = start + timeout.min(crate::cli::MAX_DURATION);
     let answer_deadline = start + ANSWER_TIMEOUT;
     let mut sessions: Vec<Session> = targets
         .iter()
         .map(|t| Session::open(t, commands, goal))
         .collect();
-    let mut buf = vec![0u8; 4096];
+    let mut buf = vec![0u8; crate::protocol::MAX_DATAGRAM];
     // Bounded: every turn either waits until the next resend or deadline, or
     // consumes a reply.
     loop {
@@ -582,7 +590,6 @@ pub fn drive_with_progress(
         for i in ready {
             let s = &mut sessions[i];
             let Some(sock) = s.sock.take() else { continue };
-            sock.set_nonblocking(true).ok();
             while s.outcome.is_none() {
                 match sock.recv(&mut buf) {
                     Ok(n) => {

@@ -80,11 +80,7 @@ pub enum Action {
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let invoked_as = args.first().cloned().unwrap_or_default();
-    let bin_name = match crate::error::program() {
-        "monit" => "monit".to_string(),
-        other => format!("{other} monit"),
-    };
-    let args: MonitArgs = parse(help_word_to_flag(args), &bin_name)?;
+    let args: MonitArgs = parse(help_word_to_flag(args), &super::mode_bin_name("monit"))?;
     let base = args.base.resolve(Path::new(&invoked_as), LINK);
     let pod = Pod::new(pod_targets(&base)?);
     let result = match &args.action {
