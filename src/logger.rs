@@ -124,8 +124,7 @@ impl Writer {
                 self.pending.push_back(note.into_bytes());
                 continue;
             };
-            let rest = line[self.written..].to_vec();
-            match self.write(&rest) {
+            match self.write(&line[self.written..]) {
                 Wrote::All | Wrote::Failed => {
                     let line = self.pending.pop_front().unwrap_or_default();
                     self.pending_bytes -= line.len();
@@ -140,7 +139,7 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Wrote {
+    fn write(&self, bytes: &[u8]) -> Wrote {
         let result = match &self.sink {
             Sink::Blocking => {
                 return match io::stderr().lock().write_all(bytes) {
@@ -238,9 +237,16 @@ fn sink_for_stderr() -> Sink {
     }
 }
 
+/// Whether lines wait for a stalled stderr reader: the event loop then also
+/// waits for stderr to take more (POLLOUT), so they go out as soon as the
+/// reader drains, even when nothing else happens.
+pub fn pending() -> bool {
+    LOGGER.writer.lock().is_ok_and(|w| !w.pending.is_empty())
+}
+
 /// Write lines that wait for a stalled stderr reader; the event loop calls
-/// this on each turn, so the dropped-lines note appears once the reader
-/// drains, without a timer.
+/// this on each turn (see `pending`), so the dropped-lines note appears once
+/// the reader drains, without a timer.
 pub fn flush_pending() {
     if let Ok(mut w) = LOGGER.writer.lock()
         && !w.pending.is_empty()

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -187,20 +187,26 @@ impl Supervisor {
                     self.drain_out.as_ref().map(|(f, _)| f.as_fd()),
                     self.peers.as_ref().map(PeerRound::as_fd),
                 ];
+                // Held log lines: wake when stderr takes more. Only the
+                // wake-up matters; the lines go out at the loop's top.
+                // SAFETY: fd 2 stays open for container-run's whole life.
+                let stderr = unsafe { BorrowedFd::borrow_raw(2) };
                 let mut fds = [
                     PollFd::new(signals, PollFlags::POLLIN),
                     PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
                     PollFd::new(optional[0].unwrap_or(signals), PollFlags::POLLIN),
                     PollFd::new(optional[1].unwrap_or(signals), PollFlags::POLLIN),
                     PollFd::new(optional[2].unwrap_or(signals), PollFlags::POLLIN),
+                    PollFd::new(stderr, PollFlags::POLLOUT),
                 ];
-                match ppoll(&mut fds, timeout, None) {
+                let used = if crate::logger::pending() { 6 } else { 5 };
+                match ppoll(&mut fds[..used], timeout, None) {
                     Ok(_) => {}
                     Err(Errno::EINTR) => continue,
                     Err(e) => log::warn!("ppoll: {e}"),
                 }
                 let mut ready = [false; 5];
-                for (i, fd) in fds.iter().enumerate() {
+                for (i, fd) in fds[..5].iter().enumerate() {
                     let present = i < 2 || optional[i - 2].is_some();
                     ready[i] = present && fd.revents().is_some_and(|r| !r.is_empty());
                 }
