@@ -333,17 +333,7 @@ fn print_table(targets: &[Target], outcomes: &[Outcome], how: &Report) {
     if rows.len() == 1 {
         return;
     }
-    let widths: Vec<usize> = (0..COLUMNS.len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", cells.join("  ").trim_end());
-    }
+    print!("{}", super::tabwrite(&rows, 2));
 }
 
 /// `45s`, `12m05s`, `3h07m`, `2d04h`.

@@ -223,6 +223,36 @@ pub fn base_from_link(invoked: &Path, link: &str) -> Option<PathBuf> {
     })
 }
 
+/// Go's `text/tabwriter` as bpm configures it (and `ctl status` with padding 2) (minwidth 0, tabwidth 0,
+/// padchar ' ', no flags) for rows of equal length: every cell but the last
+/// of a row is padded to its column's widest cell plus `padding`; the last
+/// cell is written as it is. Widths count characters, as Go counts runes.
+pub fn tabwrite<R: AsRef<[String]>>(rows: &[R], padding: usize) -> String {
+    let columns = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns.saturating_sub(1))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.as_ref().get(c))
+                .map(|cell| cell.chars().count() + padding)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let row = row.as_ref();
+        for (i, cell) in row.iter().enumerate() {
+            out.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// What usage lines call a mode: `bpm` when the binary is invoked as bpm
 /// (or `monit` as monit), `container-run bpm` otherwise.
 pub fn mode_bin_name(mode: &str) -> String {
