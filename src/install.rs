@@ -55,13 +55,22 @@ pub fn install(dir: &Path) -> Result<(), Fatal> {
         .mode(0o755)
         .create(dir)
         .map_err(|e| Fatal::setup(dir.display(), e))?;
-    // Resolved once: every later step is relative to this descriptor.
+    // Resolved once, never through a link at DIR (a link planted there
+    // would have root write wherever it points): every later step is
+    // relative to this descriptor, and the file inside is created under an
+    // unpredictable name and renamed over whatever sits at its name.
     let dir_fd: OwnedFd = open(
         dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| Fatal::setup(dir.display(), e))?;
+    .map_err(|e| match e {
+        nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => Fatal::Setup(format!(
+            "{}: not a directory (a symbolic link?): not following it",
+            dir.display()
+        )),
+        e => Fatal::setup(dir.display(), e),
+    })?;
     // A hidden temporary under an unpredictable name, renamed into place
     // once written, synced and closed.
     crate::state_files::write_with(dir_fd.as_fd(), OsStr::new(NAME), 0o755, |out| {

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod datagram;
 pub mod drain;
 pub mod error;
 pub mod exit;
@@ -15,6 +16,7 @@ pub mod machine;
 pub mod paths;
 pub mod peers;
 pub mod protocol;
+pub mod rendezvous;
 pub mod socket;
 pub mod state_files;
 pub mod supervisor;

@@ -266,3 +266,66 @@ pub fn init(debug: bool) {
         LevelFilter::Info
     });
 }
+
+/// Warnings about one recurring thing (a job user renaming over the
+/// control socket in a loop) must not flood the container's log: the first
+/// goes out, the next ones within `WINDOW` are only counted, and the first
+/// one after the window carries the count. No timer: a count is told when
+/// the thing happens again, never by waking up for it.
+#[derive(Debug, Default)]
+pub struct Limited {
+    shown_at: Option<std::time::Instant>,
+    held: u64,
+}
+
+impl Limited {
+    pub const WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// `Some(n)` when a line is due now, `n` being how many were held back
+    /// since the last one; `None` when this one is only counted.
+    pub fn due(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.shown_at {
+            Some(at) if now.saturating_duration_since(at) < Self::WINDOW => {
+                self.held += 1;
+                None
+            }
+            _ => {
+                self.shown_at = Some(now);
+                Some(std::mem::take(&mut self.held))
+            }
+        }
+    }
+
+    /// `text`, with `(and N more like it in the last 10 s)` when some were
+    /// held back.
+    pub fn text(text: &str, held: u64) -> String {
+        if held == 0 {
+            text.to_string()
+        } else {
+            format!("{text} (and {held} more like it since the last such line)")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn repeated_warnings_are_counted_not_repeated() {
+        let mut l = Limited::default();
+        let t = Instant::now();
+        assert_eq!(l.due(t), Some(0));
+        for i in 1..=1000 {
+            assert_eq!(l.due(t + Duration::from_millis(i)), None);
+        }
+        assert_eq!(
+            l.due(t + Limited::WINDOW + Duration::from_secs(1)),
+            Some(1000)
+        );
+        assert_eq!(l.due(t + Limited::WINDOW + Duration::from_secs(2)), None);
+        assert_eq!(Limited::text("x", 0), "x");
+        assert!(Limited::text("x", 3).contains("3 more"));
+    }
+}

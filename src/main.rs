@@ -23,6 +23,20 @@ fn main() -> ExitCode {
         "monit" => "monit",
         _ => "container-run",
     });
+    let client_mode = as_bpm
+        || invoked_as == "monit"
+        || matches!(
+            args.get(1).and_then(|a| a.to_str()),
+            Some("ctl" | "bpm" | "monit" | "probe" | "help" | "install")
+        );
+    if client_mode {
+        // A reader that goes away (`| head`) ends a client quietly, as it
+        // ends any command-line tool: by SIGPIPE, not by a panic on a
+        // failed print. The supervisor keeps ignoring SIGPIPE (Rust's
+        // default): its writes are its own business.
+        // SAFETY: resetting one disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = if as_bpm {
         client::bpm::main(args)
     } else if invoked_as == "monit" {

@@ -72,6 +72,10 @@ pub fn validate_name(what: &str, name: &str) -> Result<String, Fatal> {
 pub fn pod_sockets(base: &Path) -> std::io::Result<Vec<Paths>> {
     let mut found = Vec::new();
     for job in std::fs::read_dir(base.join("data"))?.flatten() {
+        // A link planted at a job's name is no job directory.
+        if !job.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
         let Ok(files) = std::fs::read_dir(job.path()) else {
             continue;
         };

@@ -1,7 +1,6 @@
 //! The control protocol of SPEC section 3, both directions: datagram bytes
 //! to a `ControlCommand`, and a `Status` to the one-line JSON reply (pure);
-//! the client side parses replies with the same definitions, and every
-//! sender that wants a reply binds with `reply_socket`.
+//! the client side parses replies with the same definitions.
 
 use serde::{Deserialize, Serialize};
 
@@ -199,21 +198,25 @@ impl Status {
     }
 }
 
-/// A datagram socket bound to an abstract address that the kernel picks
-/// (autobind), so that container-run can answer: nothing to clean up,
-/// nothing in a directory that others control, and no collision between
-/// containers of one pod, which share abstract names but not pids.
-pub fn reply_socket() -> std::io::Result<std::os::unix::net::UnixDatagram> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
-    use std::os::fd::AsRawFd;
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    bind(fd.as_raw_fd(), &UnixAddr::new_unnamed())?;
-    Ok(fd.into())
+/// What container-run answers a command that came by its rendezvous from
+/// someone the socket's mode does not allow (the kernel's `permission
+/// denied` at the named socket): one line, never a state.
+pub const REFUSED: &str = "{\"refused\":\"permission denied\"}\n";
+
+/// A reply as a client reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Status(Status),
+    Refused,
+}
+
+impl Reply {
+    pub fn parse(bytes: &[u8]) -> Option<Reply> {
+        if bytes == REFUSED.as_bytes() {
+            return Some(Reply::Refused);
+        }
+        Status::from_line(bytes).map(Reply::Status)
+    }
 }
 
 #[cfg(test)]

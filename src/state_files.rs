@@ -307,6 +307,17 @@ pub fn hold_in_force(paths: &Paths) -> bool {
         .is_ok_and(|(dir, name)| fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok())
 }
 
+/// Whether the marker at its name is container-run's own: `None` when
+/// nothing is there, `Some(true)` for a regular file of container-run's
+/// uid (what `write_hold` leaves), `Some(false)` for anything else (a
+/// link, a file of the job's user), never followed.
+pub fn hold_is_ours(paths: &Paths) -> Option<bool> {
+    let (dir, name) = open_parent(paths, &paths.stopped, false).ok()?;
+    let st = fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+    let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    Some(regular && st.st_uid == nix::unistd::geteuid().as_raw())
+}
+
 /// Not synced either: the marker must outlive the container, and the page
 /// cache outlives it; an fsync here would delay every STOP by a disk flush.
 pub fn write_hold(paths: &Paths) -> io::Result<()> {

@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -20,13 +19,14 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::time::TimeSpec;
 
 use crate::cli::RunConfig;
+use crate::datagram::Peer;
 use crate::drain;
 use crate::error::{Fatal, os_phrase};
 use crate::exit;
 use crate::machine::{Action, Child, DrainPlan, Event, Machine, MachineConfig, PostStartPlan};
-use crate::peers::PeerRound;
+use crate::peers::Barrier;
 use crate::protocol::{ControlCommand, State, Status};
-use crate::socket::ControlSocket;
+use crate::socket::{ControlSocket, Incoming};
 use crate::state_files;
 use crate::tree::{self, Inherited, Output, SpawnSpec};
 
@@ -56,12 +56,16 @@ pub struct Supervisor {
     machine: Machine,
     signals: SignalFd,
     socket: ControlSocket,
-    waiters: Vec<SocketAddr>,
+    waiters: Vec<Peer>,
     born: Instant,
     inherited: Inherited,
     /// The drain script's stdout while it is open, and what it said so far.
     drain_out: Option<(std::fs::File, Vec<u8>)>,
-    peers: Option<PeerRound>,
+    barrier: Barrier,
+    /// The first SIGTERM or SIGINT: peers that may be about to drain are
+    /// waited for while it is recent (SPEC section 8).
+    signalled: Option<Instant>,
+    hold_warned: crate::logger::Limited,
 }
 
 /// Set up everything fallible (signals, directories, socket) before the job
@@ -103,7 +107,14 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
             e,
         )
     })?;
-    let socket = ControlSocket::bind(&paths.socket, cfg.socket_mode, cfg.socket_group)?;
+    let pod = crate::rendezvous::pod_of(&paths.base).map_err(|e| {
+        Fatal::setup(
+            format!("cannot read {}", paths.base.join("data").display()),
+            e,
+        )
+    })?;
+    let socket = ControlSocket::bind(paths, &pod, cfg.socket_mode, cfg.socket_group)?;
+    let barrier = Barrier::new(pod, socket.rendezvous_name().to_vec());
     // Left by a container-run that was killed: nothing runs now.
     if let Err(e) = state_files::remove_run_files(paths) {
         return Err(Fatal::setup("cannot remove stale run files", e));
@@ -124,7 +135,11 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
         );
     }
     let machine = Machine::new(machine_config(&cfg), hold);
-    log::debug!("control socket {}", socket.path().display());
+    log::debug!(
+        "control socket {}, rendezvous @{}",
+        socket.path().display(),
+        String::from_utf8_lossy(socket.rendezvous_name())
+    );
     let mut sup = Supervisor {
         cfg,
         machine,
@@ -134,7 +149,9 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
         born: Instant::now(),
         inherited,
         drain_out: None,
-        peers: None,
+        barrier,
+        signalled: None,
+        hold_warned: Default::default(),
     };
     if let Some(code) = sup.feed(Event::Boot) {
         return Ok(code);
@@ -170,7 +187,8 @@ impl Supervisor {
             crate::logger::flush_pending();
             let deadline = [
                 self.machine.next_deadline(),
-                self.peers.as_ref().map(PeerRound::deadline),
+                self.barrier.deadline(),
+                self.socket.deadline(),
             ]
             .into_iter()
             .flatten()
@@ -185,7 +203,7 @@ impl Supervisor {
                 let optional = [
                     self.socket.watch_fd(),
                     self.drain_out.as_ref().map(|(f, _)| f.as_fd()),
-                    self.peers.as_ref().map(PeerRound::as_fd),
+                    self.barrier.fd(),
                 ];
                 // Held log lines: wake when stderr takes more. Only the
                 // wake-up matters; the lines go out at the loop's top.
@@ -212,9 +230,10 @@ impl Supervisor {
                 }
                 ready
             };
-            if ready[2] {
-                self.socket.on_watch_event();
+            if ready[2] && self.socket.on_watch_event(Instant::now()).marker {
+                self.guard_hold();
             }
+            self.socket.on_deadline(Instant::now());
             if let Some(code) = self.turn(ready) {
                 self.notify_waiters();
                 return code;
@@ -241,17 +260,11 @@ impl Supervisor {
         {
             return Some(code);
         }
-        if let Some(round) = self.peers.as_mut() {
-            if ready[4] {
-                round.on_readable();
-            }
-            if round.complete(Instant::now()) {
-                let tally = round.tally();
-                self.peers = None;
-                if let Some(code) = self.feed(Event::PeersAnswered(tally)) {
-                    return Some(code);
-                }
-            }
+        if self.barrier.deadline().is_some()
+            && let Some(tally) = self.barrier.on_ready(Instant::now())
+            && let Some(code) = self.feed(Event::PeersAnswered(tally))
+        {
+            return Some(code);
         }
         self.feed(Event::Tick)
     }
@@ -272,6 +285,7 @@ impl Supervisor {
                         Signal::SIGCHLD => child_exited = true,
                         Signal::SIGTERM | Signal::SIGINT => {
                             log::info!("received {}", sig.as_str());
+                            self.signalled.get_or_insert_with(Instant::now);
                             events.push(Event::Shutdown);
                         }
                         other => {
@@ -323,15 +337,13 @@ impl Supervisor {
     fn handle_datagrams(&mut self) -> Option<u8> {
         for _ in 0..DATAGRAMS_PER_TURN {
             let (command, sender) = match self.socket.recv() {
-                Ok(Some((payload, sender))) => (ControlCommand::parse(payload), sender),
+                Ok(Some(Incoming::Command(command, sender))) => (command, sender),
+                Ok(Some(Incoming::Ignored)) => continue,
                 Ok(None) => return None,
                 Err(e) => {
                     log::warn!("reading the control socket: {}", os_phrase(&e));
                     return None;
                 }
-            };
-            let Some(command) = command else {
-                continue;
             };
             // Probes send STATUS every few seconds: keep those out of the log.
             if command == ControlCommand::Status {
@@ -341,7 +353,7 @@ impl Supervisor {
             }
             let exit = self.feed(Event::Command(command));
             // Building the JSON line only for a sender that can be answered.
-            if !sender.is_unnamed() {
+            if !sender.addr.is_unnamed() {
                 self.socket.reply(&sender, &self.status().to_line());
             }
             let asks_for_change = matches!(
@@ -356,6 +368,52 @@ impl Supervisor {
             }
         }
         None
+    }
+
+    /// The STOP marker mirrors the hold while container-run runs (SPEC
+    /// section 2): only START ends a hold, so a marker that someone else
+    /// removed or replaced is written again, and one planted without a hold
+    /// is removed.
+    fn guard_hold(&mut self) {
+        let hold = self.machine.snapshot(Instant::now()).hold;
+        let paths = &self.cfg.paths;
+        match (hold, state_files::hold_is_ours(paths)) {
+            (true, Some(true)) | (false, None) => {}
+            (true, _) => {
+                if let Some(held) = self.hold_warned.due(Instant::now()) {
+                    log::warn!(
+                        "{}",
+                        crate::logger::Limited::text(
+                            &format!(
+                                "the STOP marker {} was removed or replaced while the hold is in force: writing it again",
+                                paths.stopped.display()
+                            ),
+                            held
+                        )
+                    );
+                }
+                if let Err(e) = state_files::write_hold(paths) {
+                    log::error!("cannot write the STOP marker again: {}", os_phrase(&e));
+                }
+            }
+            (false, Some(_)) => {
+                if let Some(held) = self.hold_warned.due(Instant::now()) {
+                    log::warn!(
+                        "{}",
+                        crate::logger::Limited::text(
+                            &format!(
+                                "a STOP marker {} appeared without an operator's STOP: removing it",
+                                paths.stopped.display()
+                            ),
+                            held
+                        )
+                    );
+                }
+                if let Err(e) = state_files::remove_hold(paths) {
+                    log::error!("cannot remove the STOP marker: {}", os_phrase(&e));
+                }
+            }
+        }
     }
 
     /// Read what the drain script printed; at end of file, hand it to the
@@ -382,8 +440,8 @@ impl Supervisor {
         self.feed(Event::DrainOutput(out))
     }
 
-    fn add_waiter(&mut self, sender: SocketAddr) {
-        if sender.is_unnamed() || self.waiters.iter().any(|w| same_addr(w, &sender)) {
+    fn add_waiter(&mut self, sender: Peer) {
+        if sender.addr.is_unnamed() || self.waiters.iter().any(|w| w.addr == sender.addr) {
             return;
         }
         if self.waiters.len() == MAX_WAITERS {
@@ -499,23 +557,11 @@ impl Supervisor {
     /// Start a round of STATUS to the pod's peers; with none to ask, the
     /// answer is known at once.
     fn ask_peers(&mut self) -> Option<Event> {
-        match PeerRound::start(&self.cfg.paths.base, &self.cfg.paths.socket, Instant::now()) {
-            Ok(None) => Some(Event::PeersAnswered(Default::default())),
-            Ok(Some(round)) if round.complete(Instant::now()) => {
-                Some(Event::PeersAnswered(round.tally()))
-            }
-            Ok(Some(round)) => {
-                self.peers = Some(round);
-                None
-            }
-            Err(e) => {
-                log::warn!(
-                    "cannot ask the pod's other container-runs: {}; not waiting for them",
-                    os_phrase(&e)
-                );
-                Some(Event::PeersAnswered(Default::default()))
-            }
-        }
+        let now = Instant::now();
+        let settling = self
+            .signalled
+            .is_some_and(|t| now < t + crate::machine::SETTLE);
+        self.barrier.ask(now, settling).map(Event::PeersAnswered)
     }
 
     fn spawn(&mut self, child: Child) -> Event {
@@ -650,9 +696,4 @@ fn find_program(program: &OsStr) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
-}
-
-fn same_addr(a: &SocketAddr, b: &SocketAddr) -> bool {
-    use std::os::linux::net::SocketAddrExt;
-    (a.as_pathname(), a.as_abstract_name()) == (b.as_pathname(), b.as_abstract_name())
 }

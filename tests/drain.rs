@@ -475,10 +475,14 @@ fn a_fake_peer_that_claims_to_drain_is_no_peer() {
     let t = TempDir::new();
     let fake_dir = t.path().join("data/fake");
     std::fs::create_dir_all(&fake_dir).unwrap();
-    let sock = fake_dir.join("fake_containerrun.sock");
+    // Bound where peers are found: a rendezvous name of the pod, which
+    // anyone in the pod's network namespace can bind.
+    let pod = container_run::rendezvous::pod_of(t.path()).unwrap();
+    let name = String::from_utf8(pod.name_for("fake", "fake", "0123456789abcdef")).unwrap();
+    let ready = fake_dir.join("ready");
     let line = r#"{"state":"draining","pid":1,"job":"fake","process":"fake","starts":1,"hold":false,"pending_start":false,"post_start":"none","uptime_ms":1,"last_exit":null,"drain":"running","drain_left_ms":600000,"age_ms":1}"#;
-    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\n\
-         open(sys.argv[1]+'.ready','w').close()\n\
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind('\\0'+sys.argv[1])\n\
+         open(sys.argv[3],'w').close()\n\
          while True:\n  d,a=s.recvfrom(100)\n  for j in [b'x',b'{}',b'junk',sys.argv[2].encode()]*2: s.sendto(j,a)\n";
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&fake_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -491,12 +495,12 @@ fn a_fake_peer_that_claims_to_drain_is_no_peer() {
             "-c",
             script,
         ])
-        .arg(&sock)
+        .arg(&name)
         .arg(line)
+        .arg(&ready)
         .spawn()
         .unwrap();
     let _fake = KilledOnDrop(fake);
-    let ready = PathBuf::from(format!("{}.ready", sock.display()));
     wait_until("fake peer bound", || ready.exists());
     // Beside it, a real pod: the fake, answering eight times per question,
     // must neither hold garden nor end its round before rep has answered.

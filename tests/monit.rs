@@ -516,8 +516,14 @@ fn bpm_list_is_bpms_table() {
     .collect::<String>();
     assert_eq!(out, want);
 
-    // An empty pod: the header alone.
+    // No pod at all (no BASE/data): said on stderr, never an empty table
+    // (SPEC section 6).
     let empty = TempDir::new();
+    let (code, out, err) = bpm_list(empty.path());
+    assert_eq!((code, out.as_str()), (3, ""));
+    assert!(err.contains("no such directory"), "{err}");
+    // A pod with no container-run in it: the header alone.
+    std::fs::create_dir(empty.file("data")).unwrap();
     let (code, out, _) = bpm_list(empty.path());
     assert_eq!((code, out.as_str()), (0, "Name Pid Status\n"));
     let (code, _, _) = run_to_end(&[

@@ -11,12 +11,12 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use super::{
-    Goal, Outcome, Target, drive, help_word_to_flag, main_process_lives, parse, pod_targets, query,
+    Drive, Goal, Outcome, Target, TrustArgs, help_word_to_flag, main_process_lives, parse, query,
     tabwrite,
 };
+use crate::datagram::Trust;
 use crate::error::{Fatal, report};
 use crate::exit;
-use crate::paths::Paths;
 use crate::protocol::{ControlCommand, State};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -56,14 +56,17 @@ pub struct BpmArgs {
     pub process: Option<String>,
     #[command(flatten)]
     pub base: super::LinkedBaseDir,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let invoked_as = args.first().cloned().unwrap_or_default();
     let args: BpmArgs = parse(help_word_to_flag(args), &bin_name())?;
     let base = args.base.resolve(Path::new(&invoked_as), LINK);
+    let trust = args.trust.trust();
     let job = match (args.verb, args.job.as_deref()) {
-        (Verb::List, None) if args.process.is_none() => return list(&base),
+        (Verb::List, None) if args.process.is_none() => return list(&base, trust),
         (Verb::List, _) => {
             return Err(Fatal::Usage(
                 "list takes no JOB or --process: it lists every job process (see --help)".into(),
@@ -76,16 +79,26 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
             ));
         }
     };
-    let target = Target::named(&base, job, args.process.as_deref())?;
-    let paths = target.paths.clone().expect("a named target has paths");
+    let names = super::reach::pod_names(&crate::cli::absolute(&base)?).ok();
+    let target = Target::named(&base, job, args.process.as_deref(), names.as_ref())?;
+    let send = |cmd, goal| {
+        Drive {
+            commands: &[cmd],
+            goal,
+            timeout: WAIT,
+            trust,
+        }
+        .run(std::slice::from_ref(&target))
+        .remove(0)
+    };
     let outcome = match args.verb {
-        Verb::Pid => return Ok(print_pid(&paths)),
-        Verb::Running => return Ok(print_running(&target)),
-        Verb::Start => send(&target, ControlCommand::Start, Goal::Reach(State::Running)),
-        Verb::Stop => send(&target, ControlCommand::Term, Goal::Reach(State::Stopped)),
-        Verb::Term => send(&target, ControlCommand::Term, Goal::Ack),
-        Verb::Quit => send(&target, ControlCommand::Quit, Goal::Ack),
-        Verb::List => unreachable!("list returned above"),
+        Verb::Pid => return Ok(print_pid(&target, trust)),
+        Verb::Running => return Ok(print_running(&target, trust)),
+        Verb::Start => send(ControlCommand::Start, Goal::Reach(State::Running)),
+        Verb::Stop => send(ControlCommand::Term, Goal::Reach(State::Stopped)),
+        Verb::Term => send(ControlCommand::Term, Goal::Ack),
+        Verb::Quit => send(ControlCommand::Quit, Goal::Ack),
+        Verb::List => return list(&base, trust),
     };
     Ok(match outcome {
         Outcome::Done(_) => exit::OK,
@@ -112,28 +125,44 @@ fn bin_name() -> String {
     super::mode_bin_name("bpm")
 }
 
-fn send(target: &Target, cmd: ControlCommand, goal: Goal) -> Outcome {
-    drive(std::slice::from_ref(target), &[cmd], goal, WAIT).remove(0)
-}
-
-fn print_pid(paths: &Paths) -> u8 {
-    let pid = std::fs::read_to_string(&paths.pidfile)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
-    match pid {
-        Some(pid) => {
-            println!("{pid}");
+/// The pid as container-run itself tells it (SPEC section 6): the pidfile
+/// lies in a directory the job's user owns, so it proves nothing; a pid is
+/// printed only when a believed container-run says its job runs with it.
+fn print_pid(target: &Target, trust: Trust) -> u8 {
+    match query(target, trust) {
+        Outcome::Done(s) if main_process_lives(&s) && s.pid.is_some() => {
+            println!("{}", s.pid.unwrap_or_default());
             exit::OK
         }
-        None => {
+        Outcome::Done(_) => {
             println!("Process is not running");
+            exit::FAILURE
+        }
+        other => {
+            report(format!(
+                "{}: {}",
+                target.label,
+                super::outcome_words(&other)
+            ));
             exit::FAILURE
         }
     }
 }
 
-fn print_running(target: &Target) -> u8 {
-    let running = matches!(query(target), Outcome::Done(s) if s.state.is_up());
+/// `yes`/`no` on a terminal; exit 0 or 1. Why nothing answered is said on
+/// stderr: a readiness probe's log shows it.
+fn print_running(target: &Target, trust: Trust) -> u8 {
+    let running = match query(target, trust) {
+        Outcome::Done(s) => s.state.is_up(),
+        other => {
+            report(format!(
+                "{}: {}",
+                target.label,
+                super::outcome_words(&other)
+            ));
+            false
+        }
+    };
     if std::io::stdout().is_terminal() {
         println!("{}", if running { "yes" } else { "no" });
     }
@@ -148,23 +177,19 @@ fn print_running(target: &Target) -> u8 {
 /// section 4), so a live container-run's non-zero `last_exit` is the stop
 /// signal's doing (STOP, TERM, `bpm stop`) and reads `stopped`, as bpm
 /// shows a job after `bpm stop`.
-fn list(base: &Path) -> Result<u8, Fatal> {
-    let targets = pod_targets(base)?;
-    let outcomes = drive(
-        &targets,
-        &[ControlCommand::Status],
-        Goal::Ack,
-        super::ANSWER_TIMEOUT,
-    );
-    let mut rows: Vec<[String; 3]> = targets
+fn list(base: &Path, trust: Trust) -> Result<u8, Fatal> {
+    let (members, unanswered) = super::pod(base, trust)?;
+    let mut rows: Vec<[String; 3]> = members
         .iter()
-        .zip(&outcomes)
-        .map(|(target, outcome)| {
-            let name = match target.label.split_once('/') {
-                Some((job, process)) if job == process => job.to_string(),
-                Some((job, process)) => format!("{job}.{process}"),
-                None => target.label.clone(),
+        .map(|m| {
+            let (job, process) = (super::escape(&m.job), super::escape(&m.process));
+            let name = if job == process {
+                job
+            } else {
+                format!("{job}.{process}")
             };
+            let target = &m.target;
+            let outcome = &m.outcome;
             let (pid, status) = match outcome {
                 Outcome::Done(s) if main_process_lives(s) => (
                     s.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
@@ -186,7 +211,11 @@ fn list(base: &Path) -> Result<u8, Fatal> {
     let mut table = vec![["Name", "Pid", "Status"].map(String::from)];
     table.extend(rows);
     print!("{}", tabwrite(&table, 1));
-    Ok(crate::exit::OK)
+    Ok(if unanswered > 0 {
+        exit::FAILURE
+    } else {
+        exit::OK
+    })
 }
 
 /// Where container-run installs the bpm link, under BASE.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, ValueEnum};
 
 use super::{
-    Goal, Outcome, Seen, Target, all_targets, combined_exit, data_dir, drive_with_progress,
-    format_duration, help_word_to_flag, parse,
+    Drive, Goal, Outcome, Seen, Target, TrustArgs, combined_exit, format_duration,
+    help_word_to_flag, parse,
 };
 use crate::error::{Fatal, report};
 use crate::protocol::{ControlCommand, State, Status};
@@ -54,20 +54,48 @@ pub struct Selector {
     pub all: bool,
 }
 
+/// The targets of a command, and for `--all` what the pod's listing
+/// already learnt of each (their STATUS) and how many names did not answer.
+pub struct Chosen {
+    pub targets: Vec<Target>,
+    pub known: Option<Vec<Outcome>>,
+    pub unanswered: usize,
+}
+
 impl Selector {
-    pub fn targets(&self) -> Result<Vec<Target>, Fatal> {
+    pub fn targets(&self, trust: crate::datagram::Trust) -> Result<Chosen, Fatal> {
+        let one = |target| Chosen {
+            targets: vec![target],
+            known: None,
+            unanswered: 0,
+        };
         if let Some(socket) = &self.socket {
-            return Ok(vec![Target::at_socket(socket)]);
+            return Ok(one(Target::at_socket(socket)));
         }
+        let base = crate::cli::absolute(&self.base.base_dir)?;
         if self.all {
-            return all_targets(&self.base.base_dir);
+            let (members, unanswered) = super::pod(&base, trust)?;
+            if members.is_empty() && unanswered == 0 {
+                return Err(Fatal::NoAnswer(format!(
+                    "no container-run socket under {}",
+                    super::escape(&base.join("data").display().to_string())
+                )));
+            }
+            let (targets, known) = members.into_iter().map(|m| (m.target, m.outcome)).unzip();
+            return Ok(Chosen {
+                targets,
+                known: Some(known),
+                unanswered,
+            });
         }
+        let names = super::reach::pod_names(&base).ok();
         let job = self.job.as_deref().unwrap_or_default();
-        Ok(vec![Target::named(
-            &self.base.base_dir,
+        Ok(one(Target::named(
+            &base,
             job,
             self.process.as_deref(),
-        )?])
+            names.as_ref(),
+        )?))
     }
 }
 
@@ -98,18 +126,16 @@ pub struct CtlArgs {
     /// Print each container-run's status as a JSON line.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let args: CtlArgs = parse(help_word_to_flag(args), "container-run ctl")?;
-    let targets = args.selector.targets()?;
-    if targets.is_empty() {
-        let data = data_dir(&args.selector.base.base_dir)?;
-        return Err(Fatal::NoAnswer(format!(
-            "no container-run socket under {}",
-            data.display()
-        )));
-    }
+    let trust = args.trust.trust();
+    let chosen = args.selector.targets(trust)?;
+    let targets = chosen.targets;
     let (commands, goal): (&[ControlCommand], Goal) = match args.verb {
         Verb::Start => (&[ControlCommand::Start], Goal::Reach(State::Running)),
         Verb::Stop => (&[ControlCommand::Stop], Goal::Reach(State::Stopped)),
@@ -128,9 +154,16 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
         timeout: args.timeout,
         shown: String::new(),
     };
-    let outcomes = drive_with_progress(&targets, commands, goal, args.timeout, &mut |e, seen| {
-        line.draw(e, seen)
-    });
+    let outcomes = match chosen.known {
+        Some(known) if args.verb == Verb::Status => known,
+        _ => Drive {
+            commands,
+            goal,
+            timeout: args.timeout,
+            trust,
+        }
+        .run_with_progress(&targets, &mut |e, seen| line.draw(e, seen)),
+    };
     line.clear();
     // An operator's STOP is a hold only if its marker was written.
     let outcomes: Vec<Outcome> = outcomes
@@ -163,7 +196,12 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
             how.report(target, outcome);
         }
     }
-    Ok(combined_exit(&outcomes))
+    let code = combined_exit(&outcomes);
+    Ok(if chosen.unanswered > 0 {
+        code.max(crate::exit::FAILURE)
+    } else {
+        code
+    })
 }
 
 /// While stop, start or restart wait on a terminal: one line, redrawn in
@@ -316,8 +354,8 @@ fn print_table(targets: &[Target], outcomes: &[Outcome], how: &Report) {
     for (target, outcome) in targets.iter().zip(outcomes) {
         match outcome {
             Outcome::Done(s) => rows.push([
-                s.job.clone(),
-                s.process.clone(),
+                super::escape(&s.job),
+                super::escape(&s.process),
                 s.state.as_str().into(),
                 s.pid.map_or("-".into(), |p| p.to_string()),
                 s.starts.to_string(),
@@ -366,16 +404,20 @@ mod tests {
             CtlArgs::try_parse_from(["ctl", "stop", "nats", "-p", "gnatsd", "--base-dir", "/b"])
                 .unwrap();
         assert_eq!(a.verb, Verb::Stop);
-        let t = a.selector.targets().unwrap();
+        let t = a
+            .selector
+            .targets(crate::datagram::Trust::new(None))
+            .unwrap();
         assert_eq!(
-            t[0].socket,
+            t.targets[0].paths.as_ref().unwrap().socket,
             PathBuf::from("/b/data/nats/gnatsd_containerrun.sock")
         );
-        assert_eq!(t[0].label, "nats/gnatsd");
+        assert_eq!(t.targets[0].label, "nats/gnatsd");
         assert!(CtlArgs::try_parse_from(["ctl", "stop"]).is_err());
         assert!(CtlArgs::try_parse_from(["ctl", "stop", "--all", "nats"]).is_err());
         assert!(CtlArgs::try_parse_from(["ctl", "bogus", "nats"]).is_err());
         let bad = CtlArgs::try_parse_from(["ctl", "stop", ".."]).unwrap();
-        assert_eq!(bad.selector.targets().unwrap_err().exit_code(), 2);
+        let err = bad.selector.targets(crate::datagram::Trust::new(None));
+        assert_eq!(err.err().unwrap().exit_code(), 2);
     }
 }

@@ -1,36 +1,29 @@
 //! The operator's side of the control socket (SPEC sections 6 and 10):
 //! `ctl`, `bpm`, `monit` and `probe` share one way to parse their command
-//! lines, reach container-runs, send a command to each, and wait, on all of
-//! them at once, until each has reached the state asked for. No threads:
-//! one `poll` over one socket per target.
+//! lines, find container-runs (`reach`), send a command to each and wait,
+//! on all of them at once, until each has reached the state asked for
+//! (`session`), believing only answers whose sender they trust.
 
 pub mod bpm;
 pub mod ctl;
 pub mod monit;
 pub mod probe;
+pub mod reach;
+pub mod session;
+
+pub use session::{ANSWER_TIMEOUT, Drive};
 
 use std::ffi::OsString;
-use std::io;
-use std::os::fd::AsFd;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::error::{Fatal, os_phrase};
+use crate::datagram;
+use crate::error::Fatal;
 use crate::exit;
 use crate::paths::Paths;
 use crate::protocol::{ControlCommand, State, Status};
-
-/// How long a live container-run may take to answer a datagram before it is
-/// reported as not answering.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// While waiting for a state, a STATUS is re-sent this often in case a
-/// notification was lost (the supervisor never blocks to deliver one).
-const RESEND_EVERY: Duration = Duration::from_millis(500);
 
 /// Parse one mode's command line under the name the user typed
 /// (`container-run`, `container-run ctl`, `bpm`), so that usage lines say
@@ -130,77 +123,171 @@ pub fn help_word_to_flag(mut args: Vec<OsString>) -> Vec<OsString> {
 }
 
 /// One container-run to talk to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
-    /// `JOB/PROCESS` when known, else the socket path.
+    /// `JOB/PROCESS` when known, else the socket path, escaped for a
+    /// person's eyes.
     pub label: String,
-    pub socket: PathBuf,
-    /// Every file of that job process, when it was named (not `--socket`).
+    /// Every file of that job process, when it was named.
     pub paths: Option<Paths>,
+    /// Given by `--socket`: messages need not repeat the path.
+    pub by_socket: bool,
+    pub reach: reach::Reach,
 }
 
 impl Target {
-    pub fn named(base: &Path, job: &str, process: Option<&str>) -> Result<Target, Fatal> {
+    /// JOB [PROCESS] under `base`, found at its rendezvous names in
+    /// `names` (none when they cannot be listed: then by its socket's name).
+    pub fn named(
+        base: &Path,
+        job: &str,
+        process: Option<&str>,
+        names: Option<&reach::PodNames>,
+    ) -> Result<Target, Fatal> {
         let paths = Paths::new(&crate::cli::absolute(base)?, job, process.unwrap_or(job))?;
         Ok(Target {
-            label: format!("{}/{}", paths.job, paths.process),
-            socket: paths.socket.clone(),
+            label: escape(&format!("{}/{}", paths.job, paths.process)),
+            reach: reach::named(&paths, names),
             paths: Some(paths),
+            by_socket: false,
         })
     }
 
     pub fn at_socket(path: &Path) -> Target {
         Target {
-            label: path.display().to_string(),
-            socket: path.to_path_buf(),
+            label: escape(&path.display().to_string()),
             paths: None,
+            by_socket: true,
+            reach: reach::at_socket(path),
         }
     }
 
-    /// Given by `--socket`: the label is the path, so messages do not
-    /// repeat it, and hints about jobs and processes do not apply.
-    pub fn is_at_socket(&self) -> bool {
-        self.label == self.socket.display().to_string()
+    /// A rendezvous name found in a listing, before it has said who it is.
+    fn listed(name: Vec<u8>) -> Target {
+        let place = reach::Place::Abstract(name);
+        Target {
+            label: place.shown(),
+            paths: None,
+            by_socket: false,
+            reach: reach::Reach::At(vec![place]),
+        }
     }
 }
 
-/// Where `--all` looks: `BASE/data`.
-pub fn data_dir(base: &Path) -> Result<PathBuf, Fatal> {
-    Ok(crate::cli::absolute(base)?.join("data"))
+/// Text from a socket's name or an answer as a person may read it: control
+/// characters (a terminal's escape sequences, a newline that would forge a
+/// row) are written as `\xNN`, backslashes doubled.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
-/// Every `*_containerrun.sock` under `BASE/data/*/`, sorted. A missing
-/// `BASE/data` is no error of the caller's: nothing runs there (exit 3).
-pub fn all_targets(base: &Path) -> Result<Vec<Target>, Fatal> {
-    let data = data_dir(base)?;
-    let base = data.parent().unwrap_or(&data);
-    let mut targets: Vec<Target> = crate::paths::pod_sockets(base)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Fatal::NoAnswer(format!(
-                "no container-run socket under {}: no such directory",
-                data.display()
-            )),
-            _ => Fatal::Setup(format!("cannot list {}: {}", data.display(), os_phrase(&e))),
-        })?
-        .into_iter()
-        .map(|paths| Target {
-            label: format!("{}/{}", paths.job, paths.process),
-            socket: paths.socket.clone(),
-            paths: Some(paths),
-        })
+/// One container-run of the pod as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub job: String,
+    pub process: String,
+    pub target: Target,
+    pub outcome: Outcome,
+}
+
+/// Every container-run of the pod: each rendezvous name is asked for its
+/// STATUS and shown under the JOB/PROCESS it answers with, when the answer
+/// is believed. Socket files under `BASE/data` that a believed uid left
+/// without a rendezvous name (a container-run killed outright, or one that
+/// hangs) are asked at their path and shown under their names. Names that
+/// did not answer, or whose answer is not believed, are said on stderr,
+/// never shown as jobs. `Ok` with the members, sorted by JOB then PROCESS,
+/// and how many listed names went unanswered.
+pub fn pod(base: &Path, trust: datagram::Trust) -> Result<(Vec<Member>, usize), Fatal> {
+    let base = crate::cli::absolute(base)?;
+    let names = reach::pod_names(&base)?;
+    if names.listing.truncated {
+        crate::error::report(format!(
+            "more than {} names look like container-runs of this pod: only the first are asked",
+            crate::rendezvous::MAX_LISTED
+        ));
+    }
+    let listed = names.listing.names.len();
+    let mut targets: Vec<Target> = names
+        .listing
+        .names
+        .iter()
+        .cloned()
+        .map(Target::listed)
         .collect();
-    targets.sort_by(|a, b| a.label.cmp(&b.label));
-    Ok(targets)
+    for paths in reach::left_behind(&base, &names, &trust) {
+        targets.push(Target {
+            label: escape(&format!("{}/{}", paths.job, paths.process)),
+            reach: reach::named(&paths, None),
+            paths: Some(paths),
+            by_socket: false,
+        });
+    }
+    let outcomes = Drive {
+        commands: &[ControlCommand::Status],
+        goal: Goal::Ack,
+        timeout: ANSWER_TIMEOUT,
+        trust,
+    }
+    .run(&targets);
+    let mut members: Vec<Member> = Vec::new();
+    let mut unanswered = 0;
+    for (i, (target, outcome)) in targets.into_iter().zip(outcomes).enumerate() {
+        match member(&base, target, outcome, i < listed) {
+            Ok(m)
+                if members
+                    .iter()
+                    .any(|o| (&o.job, &o.process) == (&m.job, &m.process)) => {}
+            Ok(m) => members.push(m),
+            Err(line) => {
+                crate::error::report(line);
+                unanswered += 1;
+            }
+        }
+    }
+    members.sort_by(|a, b| (&a.job, &a.process).cmp(&(&b.job, &b.process)));
+    Ok((members, unanswered))
 }
 
-/// Every container-run of the pod (`all_targets`), none when `BASE/data`
-/// does not exist yet: `monit summary` and `bpm list` then show an empty pod
-/// rather than an error.
-pub fn pod_targets(base: &Path) -> Result<Vec<Target>, Fatal> {
-    let data = crate::cli::absolute(base)?.join("data");
-    match std::fs::symlink_metadata(&data) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        _ => all_targets(base),
+/// A target of the pod's listing as a member, or the error line that says
+/// why a listed name is none.
+fn member(
+    base: &Path,
+    mut target: Target,
+    outcome: Outcome,
+    listed: bool,
+) -> Result<Member, String> {
+    let (job, process) = match (&outcome, &target.paths) {
+        (Outcome::Done(s), _) => (s.job.clone(), s.process.clone()),
+        (_, Some(paths)) if !listed => (paths.job.clone(), paths.process.clone()),
+        _ => return Err(format!("{}: {}", target.label, outcome_words(&outcome))),
+    };
+    if listed {
+        target.label = escape(&format!("{job}/{process}"));
+        target.paths = Paths::new(base, &job, &process).ok();
+    }
+    Ok(Member {
+        job,
+        process,
+        target,
+        outcome,
+    })
+}
+
+/// An outcome's words for an error line.
+pub fn outcome_words(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Done(s) => s.state.as_str().to_string(),
+        Outcome::TimedOut(_) => "no answer in time".to_string(),
+        Outcome::NoAnswer(why) | Outcome::Failed(why) => why.clone(),
     }
 }
 
@@ -304,6 +391,31 @@ pub enum Goal {
     Restarted,
 }
 
+impl Goal {
+    /// Whether `status` is what was waited for; `first` is the first reply.
+    pub fn reached(self, status: &Status, first: Option<&Status>) -> bool {
+        match self {
+            Goal::Ack => true,
+            Goal::Reach(state) => {
+                (status.state == state && !status.pending_start)
+                    || (state == State::Stopped && job_gone_drain_finishing(status))
+            }
+            Goal::Restarted => {
+                status.state.is_up()
+                    && !status.pending_start
+                    && first.is_some_and(|f| status.starts > f.starts)
+            }
+        }
+    }
+}
+
+/// The job's process is gone and what is left is a drain script that
+/// container-run lets finish (a TERM during the drain, SPEC section 8): a
+/// drain script's own `bpm stop JOB` must not wait for itself to end.
+fn job_gone_drain_finishing(s: &Status) -> bool {
+    s.state == State::Stopping && s.pid.is_none() && s.drain == crate::protocol::Drain::Running
+}
+
 /// How one target ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -340,342 +452,37 @@ pub struct Seen<'a> {
     pub done: bool,
 }
 
-struct Session {
-    sock: Option<UnixDatagram>,
-    goal: Goal,
-    first: Option<Status>,
-    last: Option<Status>,
-    sent_at: Instant,
-    outcome: Option<Outcome>,
-}
-
-impl Session {
-    fn open(target: &Target, commands: &[ControlCommand], goal: Goal) -> Session {
-        let mut s = Session {
-            sock: None,
-            goal,
-            first: None,
-            last: None,
-            sent_at: Instant::now(),
-            outcome: None,
-        };
-        match connect(target) {
-            Ok(sock) => {
-                for cmd in commands {
-                    if let Err(e) = sock.send(cmd.as_str().as_bytes()) {
-                        s.outcome = Some(send_error(target, &e));
-                        return s;
-                    }
-                }
-                s.sock = Some(sock);
-            }
-            Err(outcome) => s.outcome = Some(outcome),
-        }
-        s
+/// One target, asked for its status.
+pub fn query(target: &Target, trust: datagram::Trust) -> Outcome {
+    Drive {
+        commands: &[ControlCommand::Status],
+        goal: Goal::Ack,
+        timeout: ANSWER_TIMEOUT,
+        trust,
     }
-
-    fn on_reply(&mut self, status: Status) {
-        if self.first.is_none() {
-            self.first = Some(status.clone());
-        }
-        // A START that container-run ignored because it is shutting down
-        // (a drain, a SIGTERM, a crash) will never be reached: say so now.
-        if matches!(self.goal, Goal::Reach(State::Running) | Goal::Restarted) && status.exiting {
-            self.outcome = Some(Outcome::Failed(format!(
-                "START ignored: container-run is shutting down ({})",
-                status.state.as_str()
-            )));
-            self.last = Some(status);
-            return;
-        }
-        let reached = match self.goal {
-            Goal::Ack => true,
-            Goal::Reach(state) => {
-                (status.state == state && !status.pending_start)
-                    || (state == State::Stopped && job_gone_drain_finishing(&status))
-            }
-            Goal::Restarted => {
-                status.state.is_up()
-                    && !status.pending_start
-                    && self
-                        .first
-                        .as_ref()
-                        .is_some_and(|f| status.starts > f.starts)
-            }
-        };
-        if reached {
-            self.outcome = Some(Outcome::Done(status.clone()));
-        }
-        self.last = Some(status);
-    }
-}
-
-/// The job's process is gone and what is left is a drain script that
-/// container-run lets finish (a TERM during the drain, SPEC section 8): a
-/// drain script's own `bpm stop JOB` must not wait for itself to end.
-fn job_gone_drain_finishing(s: &Status) -> bool {
-    s.state == State::Stopping && s.pid.is_none() && s.drain == crate::protocol::Drain::Running
-}
-
-/// A reply address of our own (see `protocol::reply_socket`), connected to
-/// the target so only its datagrams reach us. The error is an `Outcome`,
-/// large but built at most once per target.
-#[allow(clippy::result_large_err)]
-fn connect(target: &Target) -> Result<UnixDatagram, Outcome> {
-    let sock = crate::protocol::reply_socket()
-        .map_err(|e| Outcome::Failed(format!("cannot bind a reply address: {}", os_phrase(&e))))?;
-    sock.connect(&target.socket)
-        .map_err(|e| send_error(target, &e))?;
-    // Never block on a send: a socket that nobody reads (a hung or stopped
-    // container-run) fills its queue, and a blocking send would then wait
-    // past every deadline.
-    sock.set_nonblocking(true).map_err(|e| {
-        Outcome::Failed(format!(
-            "cannot make the socket non-blocking: {}",
-            os_phrase(&e)
-        ))
-    })?;
-    Ok(sock)
-}
-
-/// What is at a path that should be a socket, when it is something else.
-fn not_a_socket(path: &Path) -> Option<&'static str> {
-    use std::os::unix::fs::FileTypeExt;
-    let kind = std::fs::metadata(path).ok()?.file_type();
-    if kind.is_socket() {
-        None
-    } else if kind.is_dir() {
-        Some("a directory")
-    } else if kind.is_fifo() {
-        Some("a FIFO")
-    } else if kind.is_file() {
-        Some("a regular file")
-    } else if kind.is_char_device() {
-        Some("a character device")
-    } else if kind.is_block_device() {
-        Some("a block device")
-    } else {
-        Some("not a socket")
-    }
-}
-
-/// Why a target cannot be reached, in words that fit how it was named: by
-/// JOB/PROCESS the socket's path helps; by `--socket` the label is the path.
-fn send_error(target: &Target, e: &io::Error) -> Outcome {
-    let by_path = target.is_at_socket();
-    let s = target.socket.display();
-    if let Some(what) = not_a_socket(&target.socket) {
-        return Outcome::NoAnswer(if by_path {
-            format!("not a socket: {what}")
-        } else {
-            format!("not a socket: {s} is {what}")
-        });
-    }
-    match e.raw_os_error() {
-        Some(libc::ENOENT) if by_path => Outcome::NoAnswer("no such file".into()),
-        Some(libc::ENOENT) => Outcome::NoAnswer(format!(
-            "no socket at {s}: is container-run running with this job and process?"
-        )),
-        Some(libc::ECONNREFUSED) if by_path => Outcome::NoAnswer(
-            "nothing listens: a stale socket file, container-run is not running".into(),
-        ),
-        Some(libc::ECONNREFUSED) => Outcome::NoAnswer(format!(
-            "nothing listens on {s}: a stale socket file, container-run is not running"
-        )),
-        Some(libc::EAGAIN) if by_path => Outcome::NoAnswer(
-            "nobody reads it: its queue is full (container-run hangs or is stopped)".into(),
-        ),
-        Some(libc::EAGAIN) => Outcome::NoAnswer(format!(
-            "nobody reads {s}: its queue is full (container-run hangs or is stopped)"
-        )),
-        Some(libc::EACCES) | Some(libc::EPERM) if by_path => {
-            Outcome::Failed("permission denied: run as the socket's owner or group".into())
-        }
-        Some(libc::EACCES) | Some(libc::EPERM) => Outcome::Failed(format!(
-            "permission denied on {s}: run as the socket's owner or group"
-        )),
-        _ if by_path => Outcome::Failed(format!("cannot send: {}", os_phrase(e))),
-        _ => Outcome::Failed(format!("cannot send to {s}: {}", os_phrase(e))),
-    }
-}
-
-/// Send `commands` (in order) to every target and wait, on all at once,
-/// until each reaches `goal` or `timeout` passes.
-pub fn drive(
-    targets: &[Target],
-    commands: &[ControlCommand],
-    goal: Goal,
-    timeout: Duration,
-) -> Vec<Outcome> {
-    drive_with_progress(targets, commands, goal, timeout, &mut |_, _| {})
-}
-
-/// `drive`, calling `progress` with the time waited and what is known of
-/// every target after each turn of the loop while something is awaited (at
-/// least every `RESEND_EVERY`).
-///
-/// A first reply is awaited for `ANSWER_TIMEOUT` whatever `timeout` says:
-/// a container-run that answered has received the command, and a wait that
-/// then runs out is a timeout (exit 1), never "no answer" (exit 3).
-pub fn drive_with_progress(
-    targets: &[Target],
-    commands: &[ControlCommand],
-    goal: Goal,
-    timeout: Duration,
-    progress: &mut dyn FnMut(Duration, &[Seen]),
-) -> Vec<Outcome> {
-    let start = Instant::now();
-    // A timeout too long for the clock is a wait without end, not a panic.
-    let deadline = start + timeout.min(crate::cli::MAX_DURATION);
-    let answer_deadline = start + ANSWER_TIMEOUT;
-    let mut sessions: Vec<Session> = targets
-        .iter()
-        .map(|t| Session::open(t, commands, goal))
-        .collect();
-    let mut buf = vec![0u8; crate::protocol::MAX_DATAGRAM];
-    // Bounded: every turn either waits until the next resend or deadline, or
-    // consumes a reply.
-    loop {
-        let now = Instant::now();
-        for (s, target) in sessions
-            .iter_mut()
-            .zip(targets)
-            .filter(|(s, _)| s.outcome.is_none())
-        {
-            if s.last.is_none() {
-                if now >= answer_deadline {
-                    s.outcome = Some(Outcome::NoAnswer(no_answer(target)));
-                }
-            } else if now >= deadline {
-                s.outcome = Some(Outcome::TimedOut(s.last.clone()));
-            }
-            if s.outcome.is_none()
-                && now.duration_since(s.sent_at) >= RESEND_EVERY
-                && let Some(sock) = &s.sock
-            {
-                match sock.send(ControlCommand::Status.as_str().as_bytes()) {
-                    // Its queue is full for now: the next resend tries again.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => s.outcome = Some(went_away(s.last.as_ref())),
-                    Ok(_) => {}
-                }
-                s.sent_at = now;
-            }
-        }
-        let seen: Vec<Seen> = sessions
-            .iter()
-            .zip(targets)
-            .map(|(s, target)| Seen {
-                target,
-                last: s.last.as_ref(),
-                done: s.outcome.is_some(),
-            })
-            .collect();
-        if seen.iter().any(|s| !s.done) {
-            progress(now.duration_since(start), &seen);
-        }
-        let open: Vec<usize> = (0..sessions.len())
-            .filter(|&i| sessions[i].outcome.is_none())
-            .collect();
-        if open.is_empty() {
-            break;
-        }
-        let wake = open
-            .iter()
-            .map(|&i| {
-                let s = &sessions[i];
-                let resend = s.sent_at + RESEND_EVERY;
-                let limit = if s.last.is_none() {
-                    answer_deadline
-                } else {
-                    deadline
-                };
-                resend.min(limit)
-            })
-            .min()
-            .unwrap_or(deadline);
-        let wait = wake.saturating_duration_since(Instant::now());
-        let ms = u32::try_from(wait.as_millis() + 1).unwrap_or(u32::MAX);
-        let ready: Vec<usize> = {
-            let mut fds: Vec<PollFd> = open
-                .iter()
-                .map(|&i| {
-                    let sock = sessions[i]
-                        .sock
-                        .as_ref()
-                        .expect("open sessions have a socket");
-                    PollFd::new(sock.as_fd(), PollFlags::POLLIN)
-                })
-                .collect();
-            let _ = poll(
-                &mut fds,
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-            );
-            open.iter()
-                .zip(&fds)
-                .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
-                .map(|(&i, _)| i)
-                .collect()
-        };
-        for i in ready {
-            let s = &mut sessions[i];
-            let Some(sock) = s.sock.take() else { continue };
-            while s.outcome.is_none() {
-                match sock.recv(&mut buf) {
-                    Ok(n) => {
-                        if let Some(status) = Status::from_line(&buf[..n]) {
-                            s.on_reply(status);
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                        s.outcome = Some(went_away(s.last.as_ref()));
-                    }
-                    Err(e) => {
-                        s.outcome = Some(Outcome::Failed(format!("receiving: {}", os_phrase(&e))))
-                    }
-                }
-            }
-            s.sock = Some(sock);
-        }
-    }
-    sessions
-        .into_iter()
-        .map(|s| s.outcome.expect("every session ends with an outcome"))
-        .collect()
-}
-
-/// The socket stopped answering. Before any reply: nobody is there (3).
-/// After one: the command was received, and then container-run went (it
-/// exits after a crash or a SIGTERM); a failure (1), never "no answer".
-fn went_away(last: Option<&Status>) -> Outcome {
-    match last {
-        None => Outcome::NoAnswer("container-run went away from its socket".into()),
-        Some(s) => Outcome::Failed(format!(
-            "container-run went away from its socket after answering (last seen {})",
-            s.state.as_str()
-        )),
-    }
-}
-
-fn no_answer(target: &Target) -> String {
-    let within = format_duration(ANSWER_TIMEOUT);
-    if target.is_at_socket() {
-        format!("no answer within {within}")
-    } else {
-        format!("no answer within {within} on {}", target.socket.display())
-    }
-}
-
-/// One target, one command, the status it answers with.
-pub fn query(target: &Target) -> Outcome {
-    drive(
-        std::slice::from_ref(target),
-        &[ControlCommand::Status],
-        Goal::Ack,
-        ANSWER_TIMEOUT,
-    )
+    .run(std::slice::from_ref(target))
     .remove(0)
+}
+
+/// `--trust-uid`: whose answers a client believes besides root and its
+/// own uid (SPEC section 3).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct TrustArgs {
+    /// Also believe answers from this uid (a container-run that runs as
+    /// another user) [believed always: root and this client's own uid].
+    #[arg(
+        long = "trust-uid",
+        value_name = "UID",
+        env = "CONTAINER_RUN_TRUST_UID",
+        global = true
+    )]
+    pub trust_uid: Option<u32>,
+}
+
+impl TrustArgs {
+    pub fn trust(&self) -> datagram::Trust {
+        datagram::Trust::new(self.trust_uid)
+    }
 }
 
 /// A duration as an operator writes it: `0s`, `200ms`, `30s`, `1m30s`, `2h`.

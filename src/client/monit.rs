@@ -9,9 +9,10 @@ use std::path::Path;
 use clap::{Parser, Subcommand};
 
 use super::{
-    ANSWER_TIMEOUT, Goal, Outcome, Target, drive, help_word_to_flag, main_process_lives, parse,
-    pod_targets,
+    ANSWER_TIMEOUT, Drive, Goal, Member, Outcome, Target, TrustArgs, help_word_to_flag,
+    main_process_lives, parse,
 };
+use crate::datagram::Trust;
 use crate::error::Fatal;
 use crate::protocol::{ControlCommand, State};
 
@@ -37,6 +38,9 @@ pub struct MonitArgs {
 
     #[command(flatten)]
     pub base: super::LinkedBaseDir,
+
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
@@ -82,21 +86,32 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let invoked_as = args.first().cloned().unwrap_or_default();
     let args: MonitArgs = parse(help_word_to_flag(args), &super::mode_bin_name("monit"))?;
     let base = args.base.resolve(Path::new(&invoked_as), LINK);
-    let pod = Pod::new(pod_targets(&base)?);
+    let trust = args.trust.trust();
+    let (members, unanswered) = super::pod(&base, trust)?;
+    let pod = Pod::new(members);
     let result = match &args.action {
         Action::Summary { name } => show(&pod, name.as_deref(), Layout::Summary),
         Action::Status { name } => show(&pod, name.as_deref(), Layout::Status),
-        Action::Start { name } => control(&pod, name, &[ControlCommand::Start]),
-        Action::Stop { name } => control(&pod, name, &[ControlCommand::Stop]),
-        Action::Restart { name } => {
-            control(&pod, name, &[ControlCommand::Term, ControlCommand::Start])
-        }
-        Action::Monitor { name } | Action::Unmonitor { name } => control(&pod, name, &[]),
+        Action::Start { name } => control(&pod, name, &[ControlCommand::Start], trust),
+        Action::Stop { name } => control(&pod, name, &[ControlCommand::Stop], trust),
+        Action::Restart { name } => control(
+            &pod,
+            name,
+            &[ControlCommand::Term, ControlCommand::Start],
+            trust,
+        ),
+        Action::Monitor { name } | Action::Unmonitor { name } => control(&pod, name, &[], trust),
     };
-    Ok(result.unwrap_or_else(|err| {
+    let code = result.unwrap_or_else(|err| {
         eprintln!("monit: {err}");
         crate::exit::FAILURE
-    }))
+    });
+    // A listed name that did not answer was said on stderr: not a success.
+    Ok(if unanswered > 0 {
+        code.max(crate::exit::FAILURE)
+    } else {
+        code
+    })
 }
 
 /// The container-runs of the pod in monit's order: by JOB, then PROCESS.
@@ -108,6 +123,8 @@ struct Service {
     job: String,
     process: String,
     target: Target,
+    /// What the pod's listing learnt of it.
+    outcome: Outcome,
 }
 
 /// Why a NAME selects nothing.
@@ -132,16 +149,14 @@ impl std::fmt::Display for NameError {
 }
 
 impl Pod {
-    fn new(targets: Vec<Target>) -> Pod {
-        let mut services: Vec<Service> = targets
+    fn new(members: Vec<Member>) -> Pod {
+        let mut services: Vec<Service> = members
             .into_iter()
-            .filter_map(|target| {
-                let (job, process) = target.label.split_once('/')?;
-                Some(Service {
-                    job: job.to_string(),
-                    process: process.to_string(),
-                    target: target.clone(),
-                })
+            .map(|m| Service {
+                job: m.job,
+                process: m.process,
+                target: m.target,
+                outcome: m.outcome,
             })
             .collect();
         // By JOB then PROCESS, not by "JOB/PROCESS": `a-b` sorts after `a`.
@@ -191,7 +206,7 @@ impl Pod {
         if shared {
             s.target.label.clone()
         } else {
-            s.process.clone()
+            super::escape(&s.process)
         }
     }
 
@@ -217,13 +232,7 @@ fn show(pod: &Pod, name: Option<&str>, layout: Layout) -> Result<u8, NameError> 
         None => (0..pod.services.len()).collect(),
     };
     let whole = matches!(name, None | Some("all"));
-    let all: Vec<usize> = (0..pod.services.len()).collect();
-    let outcomes = drive(
-        &pod.targets(&all),
-        &[ControlCommand::Status],
-        Goal::Ack,
-        ANSWER_TIMEOUT,
-    );
+    let outcomes: Vec<&Outcome> = pod.services.iter().map(|s| &s.outcome).collect();
     let age_ms = outcomes
         .iter()
         .filter_map(|o| match o {
@@ -238,10 +247,10 @@ fn show(pod: &Pod, name: Option<&str>, layout: Layout) -> Result<u8, NameError> 
         Layout::Summary => String::new(),
     };
     for &i in &chosen {
-        if let Outcome::Failed(why) = &outcomes[i] {
+        if let Outcome::Failed(why) = outcomes[i] {
             eprintln!("monit: {}: {why}", pod.services[i].target.label);
         }
-        let view = View::of(&outcomes[i]);
+        let view = View::of(outcomes[i]);
         let name = pod.display_name(i);
         text.push_str(&match layout {
             Layout::Summary => summary_row("Process", &name, view.status),
@@ -261,13 +270,24 @@ fn show(pod: &Pod, name: Option<&str>, layout: Layout) -> Result<u8, NameError> 
 
 /// `start`, `stop`, `restart` (and `monitor`/`unmonitor`, which send
 /// nothing): return once every container-run concerned has answered.
-fn control(pod: &Pod, name: &str, commands: &[ControlCommand]) -> Result<u8, NameError> {
+fn control(
+    pod: &Pod,
+    name: &str,
+    commands: &[ControlCommand],
+    trust: Trust,
+) -> Result<u8, NameError> {
     let chosen = pod.select(name)?;
     if commands.is_empty() {
         return Ok(crate::exit::OK);
     }
     let targets = pod.targets(&chosen);
-    let outcomes = drive(&targets, commands, Goal::Ack, ANSWER_TIMEOUT);
+    let outcomes = Drive {
+        commands,
+        goal: Goal::Ack,
+        timeout: ANSWER_TIMEOUT,
+        trust,
+    }
+    .run(&targets);
     let mut code = 0;
     for (target, outcome) in targets.iter().zip(&outcomes) {
         match outcome {
@@ -546,10 +566,14 @@ mod tests {
         Pod::new(
             labels
                 .iter()
-                .map(|l| Target {
-                    label: l.to_string(),
-                    socket: PathBuf::from(format!("/b/data/{l}_containerrun.sock")),
-                    paths: None,
+                .map(|l| {
+                    let (job, process) = l.split_once('/').unwrap();
+                    Member {
+                        job: job.into(),
+                        process: process.into(),
+                        target: Target::at_socket(std::path::Path::new(l)),
+                        outcome: Outcome::NoAnswer(String::new()),
+                    }
                 })
                 .collect(),
         )

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use clap::Parser;
 
-use super::{Outcome, Target, parse, query};
+use super::{Outcome, Target, TrustArgs, parse, query};
 use crate::error::{Fatal, report};
 
 #[derive(Debug, Parser)]
@@ -28,6 +28,8 @@ pub struct ProbeArgs {
     pub process: Option<String>,
     #[command(flatten)]
     pub base: crate::cli::BaseDir,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// The liveness check and its arguments.
     #[arg(value_name = "CHECK", required = true, last = true)]
     pub check: Vec<OsString>,
@@ -35,8 +37,10 @@ pub struct ProbeArgs {
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let args: ProbeArgs = parse(args, "container-run probe")?;
-    let target = Target::named(&args.base.base_dir, &args.job, args.process.as_deref())?;
-    match query(&target) {
+    let base = crate::cli::absolute(&args.base.base_dir)?;
+    let names = super::reach::pod_names(&base).ok();
+    let target = Target::named(&base, &args.job, args.process.as_deref(), names.as_ref())?;
+    match query(&target, args.trust.trust()) {
         Outcome::Done(status) if status.hold => Ok(crate::exit::OK),
         Outcome::Done(_) => Ok(run_check(&args.check)),
         Outcome::NoAnswer(why) | Outcome::Failed(why) => {

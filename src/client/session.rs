@@ -1,0 +1,479 @@
+//! Sending commands to container-runs and waiting, on all of them at once,
+//! until each has reached the state asked for (SPEC section 6). No threads:
+//! one `poll` over the sockets of every open session.
+//!
+//! What is believed (SPEC section 3): a reply counts only when the kernel
+//! says it came from a trusted uid (`datagram::Trust`); anything else at a
+//! target's place is no container-run, and a target that only such a
+//! sender answered has failed. A queue that is full (a flood by someone
+//! else) is waited on until it has room, within the answer's time, instead
+//! of failing at once. Sessions are opened a bounded number at a time, so
+//! that places that never answer cost time, never fds.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{MsgFlags, sendto};
+
+use super::reach::{Opened, Place, Reach};
+use super::{Goal, Outcome, Seen, Target};
+use crate::datagram::{self, Cred, Trust};
+use crate::error::os_phrase;
+use crate::protocol::{ControlCommand, Reply, State, Status};
+
+/// How long a live container-run may take to answer a datagram before it is
+/// reported as not answering.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// While waiting for a state, a STATUS is re-sent this often in case a
+/// notification was lost (the supervisor never blocks to deliver one).
+const RESEND_EVERY: Duration = Duration::from_millis(500);
+
+/// Sessions open at once at most (each holds up to three fds per place).
+const MAX_OPEN: usize = 64;
+
+/// What to send and what to wait for.
+#[derive(Debug, Clone, Copy)]
+pub struct Drive<'a> {
+    pub commands: &'a [ControlCommand],
+    pub goal: Goal,
+    pub timeout: Duration,
+    pub trust: Trust,
+}
+
+/// One place of a session: where it sends from and what still waits to go.
+struct Line {
+    place: Place,
+    opened: Opened,
+    sock: UnixDatagram,
+    pending: VecDeque<ControlCommand>,
+    /// Since when its queue has been full.
+    full_since: Option<Instant>,
+}
+
+struct Session {
+    lines: Vec<Line>,
+    /// The commands, kept until a place is pinned when there are several.
+    commands: Vec<ControlCommand>,
+    pinned: bool,
+    goal: Goal,
+    opened_at: Instant,
+    sent_at: Instant,
+    first: Option<Status>,
+    last: Option<Status>,
+    /// The first answer from a sender that is not believed.
+    stranger: Option<(String, Option<Cred>)>,
+    outcome: Option<Outcome>,
+}
+
+impl Drive<'_> {
+    pub fn run(&self, targets: &[Target]) -> Vec<Outcome> {
+        self.run_with_progress(targets, &mut |_, _| {})
+    }
+
+    /// `run`, calling `progress` with the time waited and what is known of
+    /// every target after each turn of the loop while something is awaited.
+    ///
+    /// A first reply is awaited for `ANSWER_TIMEOUT` whatever `timeout`
+    /// says: a container-run that answered has received the command, and a
+    /// wait that then runs out is a timeout (exit 1), never "no answer".
+    pub fn run_with_progress(
+        &self,
+        targets: &[Target],
+        progress: &mut dyn FnMut(Duration, &[Seen]),
+    ) -> Vec<Outcome> {
+        let start = Instant::now();
+        let mut sessions: Vec<Option<Session>> = targets.iter().map(|_| None).collect();
+        let mut outcomes: Vec<Option<Outcome>> = targets.iter().map(|_| None).collect();
+        let mut next = 0;
+        let mut buf = vec![0u8; crate::protocol::MAX_DATAGRAM];
+        let limit = open_limit();
+        // Bounded: every turn either opens sessions, waits until the next
+        // deadline, or consumes what arrived.
+        loop {
+            while next < targets.len() && open_count(&sessions) < limit {
+                match self.open(&targets[next]) {
+                    Ok(s) => sessions[next] = Some(s),
+                    Err(outcome) => outcomes[next] = Some(outcome),
+                }
+                next += 1;
+            }
+            let now = Instant::now();
+            for (i, slot) in sessions.iter_mut().enumerate() {
+                if let Some(s) = slot {
+                    s.on_time(now, self.timeout);
+                    if let Some(o) = s.outcome.take() {
+                        outcomes[i] = Some(o);
+                        *slot = None;
+                    }
+                }
+            }
+            let seen = seen(targets, &sessions, &outcomes);
+            if seen.iter().any(|s| !s.done) {
+                progress(now.duration_since(start), &seen);
+            }
+            if next == targets.len() && sessions.iter().all(Option::is_none) {
+                break;
+            }
+            self.wait(&mut sessions, &mut buf);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Failed("no outcome".into())))
+            .collect()
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn open(&self, target: &Target) -> Result<Session, Outcome> {
+        let places = match &target.reach {
+            Reach::At(places) => places,
+            Reach::Nowhere(outcome) => return Err(outcome.clone()),
+        };
+        let pinned = places.len() == 1;
+        let first: Vec<ControlCommand> = if pinned {
+            self.commands.to_vec()
+        } else {
+            vec![ControlCommand::Status]
+        };
+        let mut lines = Vec::new();
+        let mut last_err = None;
+        for place in places {
+            match Line::open(place, &first) {
+                Ok(line) => lines.push(line),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if lines.is_empty() {
+            return Err(last_err.unwrap_or_else(|| Outcome::NoAnswer("nowhere to ask".into())));
+        }
+        let now = Instant::now();
+        let mut s = Session {
+            lines,
+            commands: self.commands.to_vec(),
+            pinned,
+            goal: self.goal,
+            opened_at: now,
+            sent_at: now,
+            first: None,
+            last: None,
+            stranger: None,
+            outcome: None,
+        };
+        s.flush(target.by_socket);
+        Ok(s)
+    }
+
+    /// Poll every open session until something arrives, a queue has room,
+    /// or the next deadline comes; then read what arrived.
+    fn wait(&self, sessions: &mut [Option<Session>], buf: &mut [u8]) {
+        let now = Instant::now();
+        let wake = sessions
+            .iter()
+            .flatten()
+            .map(|s| s.wake(self.timeout))
+            .min()
+            .unwrap_or(now);
+        let mut fds = Vec::new();
+        let mut owners = Vec::new();
+        for (i, s) in sessions.iter().enumerate() {
+            let Some(s) = s else { continue };
+            for (j, line) in s.lines.iter().enumerate() {
+                fds.push(PollFd::new(line.sock.as_fd(), PollFlags::POLLIN));
+                owners.push((i, j, false));
+                if !line.pending.is_empty() {
+                    fds.push(PollFd::new(line.opened.waiter.as_fd(), PollFlags::POLLOUT));
+                    owners.push((i, j, true));
+                }
+            }
+        }
+        let ms = wake.saturating_duration_since(now).as_millis() + 1;
+        let timeout = PollTimeout::try_from(u32::try_from(ms).unwrap_or(u32::MAX))
+            .unwrap_or(PollTimeout::MAX);
+        let _ = poll(&mut fds, timeout);
+        let ready: Vec<(usize, usize, bool)> = owners
+            .into_iter()
+            .zip(&fds)
+            .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(o, _)| o)
+            .collect();
+        drop(fds);
+        for (i, j, writable) in ready {
+            let Some(s) = sessions[i].as_mut() else {
+                continue;
+            };
+            if writable {
+                s.flush(false);
+            } else if s.outcome.is_none() && j < s.lines.len() {
+                s.read(j, buf, &self.trust);
+            }
+        }
+    }
+}
+
+fn open_count(sessions: &[Option<Session>]) -> usize {
+    sessions.iter().filter(|s| s.is_some()).count()
+}
+
+/// Sessions open at once: `MAX_OPEN`, fewer under a low fd limit.
+fn open_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: getrlimit writes one rlimit.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let soft = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+    (soft.saturating_sub(32) / 6).clamp(1, MAX_OPEN)
+}
+
+fn seen<'a>(
+    targets: &'a [Target],
+    sessions: &'a [Option<Session>],
+    outcomes: &[Option<Outcome>],
+) -> Vec<Seen<'a>> {
+    targets
+        .iter()
+        .zip(sessions)
+        .zip(outcomes)
+        .map(|((target, s), o)| Seen {
+            target,
+            last: s.as_ref().and_then(|s| s.last.as_ref()),
+            done: o.is_some(),
+        })
+        .collect()
+}
+
+impl Line {
+    #[allow(clippy::result_large_err)]
+    fn open(place: &Place, commands: &[ControlCommand]) -> Result<Line, Outcome> {
+        let opened = place
+            .open()
+            .map_err(|e| Outcome::NoAnswer(format!("{}: {e}", place.shown())))?;
+        let sock = datagram::reply_socket().map_err(|e| {
+            Outcome::Failed(format!("cannot bind a reply address: {}", os_phrase(&e)))
+        })?;
+        Ok(Line {
+            place: place.clone(),
+            opened,
+            sock,
+            pending: commands.iter().copied().collect(),
+            full_since: None,
+        })
+    }
+
+    /// Send what waits, in order, until the queue is full. `Err` when the
+    /// place cannot be sent to at all.
+    fn flush(&mut self, now: Instant) -> Result<(), Errno> {
+        while let Some(cmd) = self.pending.front() {
+            match sendto(
+                self.sock.as_raw_fd(),
+                cmd.as_str().as_bytes(),
+                &self.opened.addr,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(_) => {
+                    self.pending.pop_front();
+                    self.full_since = None;
+                }
+                Err(Errno::EAGAIN) => {
+                    self.full_since.get_or_insert(now);
+                    return Ok(());
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Session {
+    /// Send what waits on every line; a line that cannot be sent to is
+    /// dropped, and with none left the session has its outcome.
+    fn flush(&mut self, by_socket: bool) {
+        let now = Instant::now();
+        let mut failure = None;
+        self.lines.retain_mut(|line| match line.flush(now) {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(send_error(&line.place, e, by_socket));
+                false
+            }
+        });
+        if self.lines.is_empty() && self.outcome.is_none() {
+            self.outcome = Some(match (&self.last, failure) {
+                (Some(s), _) => went_away(Some(s)),
+                (None, Some(o)) => o,
+                (None, None) => went_away(None),
+            });
+        }
+    }
+
+    fn read(&mut self, j: usize, buf: &mut [u8], trust: &Trust) {
+        while self.outcome.is_none() && j < self.lines.len() {
+            let got = match datagram::recv(self.lines[j].sock.as_fd(), buf) {
+                Ok(Some(got)) => got,
+                Ok(None) => return,
+                Err(e) => {
+                    self.outcome = Some(Outcome::Failed(format!("receiving: {}", os_phrase(&e))));
+                    return;
+                }
+            };
+            if !trust.believes(got.peer.cred.as_ref()) {
+                if self.stranger.is_none() {
+                    self.stranger = Some((self.lines[j].place.shown(), got.peer.cred));
+                }
+                continue;
+            }
+            match (got.len <= buf.len())
+                .then(|| Reply::parse(&buf[..got.len]))
+                .flatten()
+            {
+                Some(Reply::Refused) => {
+                    self.outcome = Some(Outcome::Failed(
+                        "permission denied: run as the socket's owner or group".into(),
+                    ));
+                }
+                Some(Reply::Status(status)) => self.on_status(j, status),
+                None => {}
+            }
+        }
+    }
+
+    /// A believed answer. With several places, the first to answer is the
+    /// one the commands go to (an answer to the probing STATUS says nothing
+    /// about them yet).
+    fn on_status(&mut self, j: usize, status: Status) {
+        if !self.pinned {
+            let line = self.lines.swap_remove(j);
+            self.lines = vec![line];
+            self.pinned = true;
+            if self.commands != [ControlCommand::Status] {
+                self.lines[0].pending = self.commands.iter().copied().collect();
+                self.sent_at = Instant::now();
+                self.flush(false);
+                return;
+            }
+        }
+        self.on_reply(status);
+    }
+
+    fn on_reply(&mut self, status: Status) {
+        if self.first.is_none() {
+            self.first = Some(status.clone());
+        }
+        // A START that container-run ignored because it is shutting down
+        // (a drain, a SIGTERM, a crash) will never be reached: say so now.
+        if matches!(self.goal, Goal::Reach(State::Running) | Goal::Restarted) && status.exiting {
+            self.outcome = Some(Outcome::Failed(format!(
+                "START ignored: container-run is shutting down ({})",
+                status.state.as_str()
+            )));
+            self.last = Some(status);
+            return;
+        }
+        if self.goal.reached(&status, self.first.as_ref()) {
+            self.outcome = Some(Outcome::Done(status.clone()));
+        }
+        self.last = Some(status);
+    }
+
+    /// Deadlines and the periodic STATUS.
+    fn on_time(&mut self, now: Instant, timeout: Duration) {
+        if self.outcome.is_some() {
+            return;
+        }
+        if self.last.is_none() {
+            if now >= self.opened_at + ANSWER_TIMEOUT {
+                self.outcome = Some(self.unanswered());
+            }
+        } else if now >= self.opened_at + timeout.min(crate::cli::MAX_DURATION) {
+            self.outcome = Some(Outcome::TimedOut(self.last.clone()));
+        }
+        if self.outcome.is_none()
+            && self.pinned
+            && self.last.is_some()
+            && now.duration_since(self.sent_at) >= RESEND_EVERY
+        {
+            if let Some(line) = self.lines.first_mut()
+                && line.pending.is_empty()
+            {
+                line.pending.push_back(ControlCommand::Status);
+            }
+            self.sent_at = now;
+            self.flush(false);
+        }
+    }
+
+    /// When the next thing is due for this session.
+    fn wake(&self, timeout: Duration) -> Instant {
+        let limit = if self.last.is_none() {
+            self.opened_at + ANSWER_TIMEOUT
+        } else {
+            self.opened_at + timeout.min(crate::cli::MAX_DURATION)
+        };
+        if self.pinned && self.last.is_some() {
+            limit.min(self.sent_at + RESEND_EVERY)
+        } else {
+            limit
+        }
+    }
+
+    /// Nothing believed came in time: say what did.
+    fn unanswered(&self) -> Outcome {
+        if let Some((place, cred)) = &self.stranger {
+            return Outcome::NoAnswer(format!(
+                "{place} answered as {}, which is not believed: no container-run answered",
+                datagram::sender_words(cred.as_ref())
+            ));
+        }
+        let within = super::format_duration(ANSWER_TIMEOUT);
+        match self.lines.iter().find(|l| l.full_since.is_some()) {
+            Some(line) => Outcome::NoAnswer(format!(
+                "nobody reads {}: its queue is full (container-run hangs or is stopped)",
+                line.place.shown()
+            )),
+            None => Outcome::NoAnswer(format!(
+                "no answer within {within} on {}",
+                self.lines
+                    .first()
+                    .map_or_else(String::new, |l| l.place.shown())
+            )),
+        }
+    }
+}
+
+/// The socket stopped answering. Before any reply: nobody is there (3).
+/// After one: the command was received, and then container-run went (it
+/// exits after a crash or a SIGTERM); a failure (1), never "no answer".
+fn went_away(last: Option<&Status>) -> Outcome {
+    match last {
+        None => Outcome::NoAnswer("container-run went away from its socket".into()),
+        Some(s) => Outcome::Failed(format!(
+            "container-run went away from its socket after answering (last seen {})",
+            s.state.as_str()
+        )),
+    }
+}
+
+/// Why a place cannot be sent to.
+fn send_error(place: &Place, e: Errno, by_socket: bool) -> Outcome {
+    let shown = place.shown();
+    match e {
+        Errno::ECONNREFUSED | Errno::ENOENT => Outcome::NoAnswer(if by_socket {
+            "nothing listens: a stale socket file, container-run is not running".into()
+        } else {
+            format!("nothing listens on {shown}: container-run is not running")
+        }),
+        Errno::EACCES | Errno::EPERM => Outcome::Failed(if by_socket {
+            "permission denied: run as the socket's owner or group".into()
+        } else {
+            format!("permission denied on {shown}: run as the socket's owner or group")
+        }),
+        e => Outcome::Failed(format!("cannot send to {shown}: {}", os_phrase(&e.into()))),
+    }
+}
