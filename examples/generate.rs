@@ -15,6 +15,17 @@ use clap_complete::Shell;
 const USAGE: &str =
     "usage: generate completions bash|zsh|fish|elvish|powershell | generate man [DIR]";
 
+/// clap_complete's bash script names a subcommand's state two ways when
+/// the program's name has a hyphen: it dispatches to
+/// `container__run__subcmd__ctl` but labels that case
+/// `container__subcmd__run__subcmd__ctl`, so nothing past the mode would
+/// complete. The labels are renamed to what the dispatch uses.
+fn mend_bash(script: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(script)
+        .replace("container__subcmd__run__", "container__run__")
+        .into_bytes()
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut cmd = container_run::cli::command_tree();
@@ -23,6 +34,9 @@ fn main() -> ExitCode {
             Ok(shell) => {
                 let mut out = Vec::new();
                 clap_complete::generate(shell, &mut cmd, "container-run", &mut out);
+                if shell == Shell::Bash {
+                    out = mend_bash(&out);
+                }
                 std::io::stdout().write_all(&out)
             }
             Err(_) => {

@@ -218,6 +218,37 @@ pub fn command_tree() -> clap::Command {
         .subcommand_negates_reqs(true)
 }
 
+/// Whether a mistyped `word` is close to `name`: the same but for case, or
+/// at most two edits (insert, delete, replace, swap) apart.
+pub fn is_close(word: &str, name: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (
+        word.to_lowercase().chars().collect(),
+        name.chars().collect(),
+    );
+    if a == b {
+        return true;
+    }
+    if a.len().abs_diff(b.len()) > 2 || a.len() < 2 {
+        return false;
+    }
+    // Optimal string alignment distance, row by row.
+    let mut rows = vec![(0..=b.len()).collect::<Vec<usize>>()];
+    for i in 1..=a.len() {
+        let mut row = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            row[j] = (rows[i - 1][j] + 1)
+                .min(row[j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                row[j] = row[j].min(rows[i - 2][j - 2] + 1);
+            }
+        }
+        rows.push(row);
+    }
+    rows[a.len()][b.len()] <= 2
+}
+
 /// A command with its arguments, as the post-start and its condition are given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookCommand {

@@ -15,6 +15,8 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// A client found no container-run answering at the socket.
 pub const NO_ANSWER: u8 = 3;
+/// A client's wait ended by Ctrl-C (SIGINT), as a shell reports it.
+pub const INTERRUPTED: u8 = 128 + 2;
 /// The command exists but cannot be executed.
 pub const CANNOT_EXECUTE: u8 = 126;
 /// The command does not exist.

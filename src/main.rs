@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         || invoked_as == "monit"
         || matches!(
             args.get(1).and_then(|a| a.to_str()),
-            Some("ctl" | "bpm" | "monit" | "probe" | "help" | "install")
+            Some(word) if word == "help" || mode(word).is_some()
         );
     if client_mode {
         // A reader that goes away (`| head`) ends a client quietly, as it
@@ -43,13 +43,12 @@ fn main() -> ExitCode {
         client::monit::main(args)
     } else {
         match args.get(1).and_then(|a| a.to_str()) {
-            Some("ctl") => client::ctl::main(args[1..].to_vec()),
-            Some("bpm") => client::bpm::main(args[1..].to_vec()),
-            Some("monit") => client::monit::main(args[1..].to_vec()),
-            Some("probe") => client::probe::main(args[1..].to_vec()),
             Some("help") => help(&args),
-            Some("install") => container_run::install::main(args[1..].to_vec()),
-            _ => run(args),
+            Some(word) => match mode(word) {
+                Some(main) => main(args[1..].to_vec()),
+                None => run(args),
+            },
+            None => run(args),
         }
     };
     match result {
@@ -69,25 +68,73 @@ fn main() -> ExitCode {
     }
 }
 
+type ModeMain = fn(Vec<OsString>) -> Result<u8, Fatal>;
+
+/// Every mode of the binary besides running a job, by the word that
+/// selects it: one table for dispatch, `help MODE` and the hints.
+const MODES: [(&str, ModeMain); 5] = [
+    ("ctl", client::ctl::main),
+    ("bpm", client::bpm::main),
+    ("monit", client::monit::main),
+    ("probe", client::probe::main),
+    ("install", container_run::install::main),
+];
+
+fn mode(word: &str) -> Option<ModeMain> {
+    MODES
+        .iter()
+        .find(|(name, _)| *name == word)
+        .map(|(_, main)| *main)
+}
+
 /// `container-run help [MODE]`: that mode's `--help`.
 fn help(args: &[OsString]) -> Result<u8, Fatal> {
     let flag = || OsString::from("--help");
     match args.get(2).and_then(|a| a.to_str()) {
-        Some("ctl") => client::ctl::main(vec!["ctl".into(), flag()]),
-        Some("bpm") => client::bpm::main(vec!["bpm".into(), flag()]),
-        Some("monit") => client::monit::main(vec!["monit".into(), flag()]),
-        Some("probe") => client::probe::main(vec!["probe".into(), flag()]),
-        Some("install") => container_run::install::main(vec!["install".into(), flag()]),
-        _ => run(vec![args[0].clone(), flag()]),
+        None => run(vec![args[0].clone(), flag()]),
+        Some(word) => match mode(word) {
+            Some(main) => main(vec![word.into(), flag()]),
+            None => Err(unknown_mode(word)),
+        },
     }
 }
 
 fn run(args: Vec<OsString>) -> Result<u8, Fatal> {
     let config = client::parse::<RunArgs>(args.clone(), "container-run")
-        .map_err(|e| client_verb_hint(&args).unwrap_or(e))?
+        .map_err(|e| {
+            client_verb_hint(&args)
+                .or_else(|| mode_hint(&args))
+                .unwrap_or(e)
+        })?
         .validate()?;
     logger::init(config.debug);
     supervisor::run(config)
+}
+
+/// A first word close to a mode's name (`ctrl`, `CTL`, `moint`) is a
+/// mistyped mode, not a job run without `--job-name`.
+fn mode_hint(args: &[OsString]) -> Option<Fatal> {
+    let word = args.get(1)?.to_str()?;
+    let close = !word.starts_with('-')
+        && MODES
+            .iter()
+            .any(|(name, _)| container_run::cli::is_close(word, name));
+    close.then(|| unknown_mode(word))
+}
+
+fn unknown_mode(word: &str) -> Fatal {
+    let names: Vec<&str> = MODES.iter().map(|(name, _)| *name).collect();
+    let hint = names
+        .iter()
+        .find(|name| container_run::cli::is_close(word, name))
+        .map_or_else(
+            || format!("the modes are {}", names.join(", ")),
+            |name| format!("did you mean {name}?"),
+        );
+    Fatal::Usage(format!(
+        "unknown mode '{}': {hint} (see container-run --help)",
+        client::escape(word)
+    ))
 }
 
 /// `container-run status web` is a client command missing its mode: say

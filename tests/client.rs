@@ -188,8 +188,8 @@ fn ctl_reports_missing_and_stale_sockets_with_exit_3() {
 
     let (code, _, err) = ctl(t.path(), &["stop"]);
     assert_eq!(code, 2, "{err}");
-    let (code, _, _) = ctl(t.path(), &["stop", "a/b"]);
-    assert_eq!(code, 2);
+    let (code, _, _) = ctl(t.path(), &["stop", "a/b/c"]);
+    assert_eq!(code, 2, "PROCESS b/c is no name");
 }
 
 /// container-runs sharing one base directory, each as PID 1 of its own

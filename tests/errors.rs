@@ -63,12 +63,13 @@ fn ctl_alone_and_ctl_status_name_what_is_missing() {
     assert_error(
         run(&["ctl"]),
         2,
-        "container-run: missing required arguments: <VERB>, <JOB> (see container-run ctl --help)",
+        "container-run: missing required argument: <VERB> (see container-run ctl --help)",
     );
     assert_error(
         run(&["ctl", "status"]),
         2,
-        "container-run: missing required argument: <JOB> (see container-run ctl --help)",
+        "container-run: missing TARGET: name one or more, or use --all or --socket PATH \
+         (see container-run ctl --help)",
     );
 }
 
@@ -101,8 +102,8 @@ fn an_invalid_verb_lists_the_valid_ones() {
     assert_error(
         run(&["ctl", "stat", "web"]),
         2,
-        "container-run: invalid value 'stat' for <VERB>: expected one of start, stop, term, \
-         quit, status, restart (see container-run ctl --help)",
+        "container-run: invalid value 'stat' for <VERB>: did you mean 'start'? (one of start, \
+         stop, term, quit, status, restart, wait) (see container-run ctl --help)",
     );
     let t = TempDir::new();
     assert_error(
@@ -147,15 +148,15 @@ fn help_as_a_word_and_as_a_flag_prints_help_and_exits_0() {
         ),
         (
             run(&["help", "ctl"]),
-            "Usage: container-run ctl [OPTIONS] <VERB> [JOB]",
+            "Usage: container-run ctl VERB TARGET... [-p PROCESS] [OPTIONS]",
         ),
         (
             run(&["ctl", "help"]),
-            "Usage: container-run ctl [OPTIONS] <VERB> [JOB]",
+            "Usage: container-run ctl VERB TARGET... [-p PROCESS] [OPTIONS]",
         ),
         (
             run(&["ctl", "--help"]),
-            "Usage: container-run ctl [OPTIONS] <VERB> [JOB]",
+            "Usage: container-run ctl VERB TARGET... [-p PROCESS] [OPTIONS]",
         ),
         (
             run(&["bpm", "help"]),

@@ -48,6 +48,64 @@ fn completions_know_every_mode_and_flag() {
     assert_eq!(code, 2, "{err}");
 }
 
+/// What bash's completion offers after `words` (the last one being the
+/// word under the cursor), with the generated script sourced as a user's
+/// shell sources it.
+fn bash_completes(script: &std::path::Path, words: &[&str]) -> Vec<String> {
+    let driver = r#"source "$1"; shift
+COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
+COMPREPLY=()
+_container__run container-run "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%s
+' "${COMPREPLY[@]}""#;
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(driver)
+        .arg("bash")
+        .arg(script)
+        .args(words);
+    let (code, out, err) = output_with_deadline(cmd);
+    assert_eq!(code, 0, "{err}");
+    out.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn bash_completes_past_the_mode() {
+    let (code, script, _) = generate(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    let t = TempDir::new();
+    let file = t.file("completion.bash");
+    std::fs::write(&file, script).unwrap();
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["container-run", ""],
+            &["ctl", "bpm", "monit", "probe", "install"],
+        ),
+        (
+            &["container-run", "ctl", ""],
+            &["start", "stop", "wait", "--all", "--except"],
+        ),
+        (&["container-run", "bpm", ""], &["pid", "running", "list"]),
+        (
+            &["container-run", "monit", "s"],
+            &["summary", "status", "start", "stop"],
+        ),
+        (
+            &["container-run", "probe", "--"],
+            &["--base-dir", "--trust-uid"],
+        ),
+    ];
+    for (words, want) in cases {
+        let got = bash_completes(&file, words);
+        for w in *want {
+            assert!(got.iter().any(|g| g == w), "{words:?}: {w} not in {got:?}");
+        }
+    }
+    // What a word does not start with is not offered.
+    let got = bash_completes(&file, &["container-run", "monit", "s"]);
+    assert!(!got.iter().any(|g| g == "restart"), "{got:?}");
+}
+
 #[test]
 fn man_pages_for_the_binary_and_each_mode() {
     let (code, out, _) = generate(&["man"]);

@@ -68,15 +68,17 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let job = match (args.verb, args.job.as_deref()) {
         (Verb::List, None) if args.process.is_none() => return list(&base, trust),
         (Verb::List, _) => {
-            return Err(Fatal::Usage(
-                "list takes no JOB or --process: it lists every job process (see --help)".into(),
-            ));
+            return Err(Fatal::Usage(format!(
+                "list takes no JOB or --process: it lists every job process (see {} --help)",
+                bin_name()
+            )));
         }
         (_, Some(job)) => job,
         (_, None) => {
-            return Err(Fatal::Usage(
-                "the following required arguments were not provided: <JOB> (see --help)".into(),
-            ));
+            return Err(Fatal::Usage(format!(
+                "missing required argument: <JOB> (see {} --help)",
+                bin_name()
+            )));
         }
     };
     let names = super::reach::pod_names(&crate::cli::absolute(&base)?).ok();
@@ -87,6 +89,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
             goal,
             timeout: WAIT,
             trust,
+            interrupt: None,
         }
         .run(std::slice::from_ref(&target))
         .remove(0)
@@ -112,8 +115,12 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
             exit::FAILURE
         }
         // bpm has no "nobody answers" code of its own: any failure is 1.
-        Outcome::NoAnswer(why) | Outcome::Failed(why) => {
-            report(format!("{}: {why}", target.label));
+        other => {
+            report(format!(
+                "{}: {}",
+                target.label,
+                super::outcome_words(&other)
+            ));
             exit::FAILURE
         }
     })
@@ -202,6 +209,7 @@ fn list(base: &Path, trust: Trust) -> Result<u8, Fatal> {
                     }
                     ("-".to_string(), "failed")
                 }
+                Outcome::Interrupted { .. } => ("-".to_string(), "failed"),
                 Outcome::TimedOut(_) => ("-".to_string(), "failed"),
             };
             [name, pid, status.to_string()]

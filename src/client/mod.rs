@@ -83,8 +83,14 @@ fn clap_message(e: &clap::Error) -> String {
         }
         ErrorKind::InvalidValue => {
             let valid = strings(ContextKind::ValidValue);
+            let suggested = one(ContextKind::SuggestedValue);
             if valid.is_empty() {
                 format!("invalid value '{value}' for {arg}")
+            } else if !suggested.is_empty() {
+                format!(
+                    "invalid value '{value}' for {arg}: did you mean '{suggested}'? (one of {})",
+                    valid.join(", ")
+                )
             } else {
                 format!(
                     "invalid value '{value}' for {arg}: expected one of {}",
@@ -96,7 +102,29 @@ fn clap_message(e: &clap::Error) -> String {
             let why = std::error::Error::source(e).map_or(String::new(), |s| format!(": {s}"));
             format!("invalid value '{value}' for {arg}{why}")
         }
-        ErrorKind::UnknownArgument => format!("unexpected argument '{arg}'"),
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            "missing required argument: <COMMAND>".to_string()
+        }
+        ErrorKind::InvalidSubcommand => {
+            let word = one(ContextKind::InvalidSubcommand);
+            let suggested = strings(ContextKind::SuggestedSubcommand);
+            if suggested.is_empty() {
+                format!("unknown command '{word}'")
+            } else {
+                format!(
+                    "unknown command '{word}': did you mean {}?",
+                    suggested.join(" or ")
+                )
+            }
+        }
+        ErrorKind::UnknownArgument => {
+            let suggested = one(ContextKind::SuggestedArg);
+            if suggested.is_empty() {
+                format!("unexpected argument '{arg}'")
+            } else {
+                format!("unexpected argument '{arg}': did you mean '{suggested}'?")
+            }
+        }
         ErrorKind::ArgumentConflict => {
             let prior = one(ContextKind::PriorArg);
             if prior.is_empty() {
@@ -196,6 +224,8 @@ pub struct Member {
     pub process: String,
     pub target: Target,
     pub outcome: Outcome,
+    /// Only a socket file is left: its container-run was killed outright.
+    pub gone: bool,
 }
 
 /// Every container-run of the pod: each rendezvous name is asked for its
@@ -236,6 +266,7 @@ pub fn pod(base: &Path, trust: datagram::Trust) -> Result<(Vec<Member>, usize), 
         goal: Goal::Ack,
         timeout: ANSWER_TIMEOUT,
         trust,
+        interrupt: None,
     }
     .run(&targets);
     let mut members: Vec<Member> = Vec::new();
@@ -270,11 +301,13 @@ fn member(
         (_, Some(paths)) if !listed => (paths.job.clone(), paths.process.clone()),
         _ => return Err(format!("{}: {}", target.label, outcome_words(&outcome))),
     };
+    let gone = !listed && matches!(target.reach, reach::Reach::Nowhere(Outcome::NoAnswer(_)));
     if listed {
         target.label = escape(&format!("{job}/{process}"));
         target.paths = Paths::new(base, &job, &process).ok();
     }
     Ok(Member {
+        gone,
         job,
         process,
         target,
@@ -288,6 +321,7 @@ pub fn outcome_words(outcome: &Outcome) -> String {
         Outcome::Done(s) => s.state.as_str().to_string(),
         Outcome::TimedOut(_) => "no answer in time".to_string(),
         Outcome::NoAnswer(why) | Outcome::Failed(why) => why.clone(),
+        Outcome::Interrupted { .. } => "interrupted".to_string(),
     }
 }
 
@@ -389,6 +423,8 @@ pub enum Goal {
     Reach(State),
     /// Running again after a stop: more starts than the first reply showed.
     Restarted,
+    /// The job's process `pid` is no longer running (what a QUIT did).
+    Ends(i32),
 }
 
 impl Goal {
@@ -405,6 +441,7 @@ impl Goal {
                     && !status.pending_start
                     && first.is_some_and(|f| status.starts > f.starts)
             }
+            Goal::Ends(pid) => status.pid != Some(pid) || !main_process_lives(status),
         }
     }
 }
@@ -425,6 +462,12 @@ pub enum Outcome {
     TimedOut(Option<Status>),
     NoAnswer(String),
     Failed(String),
+    /// Ctrl-C ended the wait; `sent` says whether the commands went out,
+    /// `last` is the last reply.
+    Interrupted {
+        sent: bool,
+        last: Option<Status>,
+    },
 }
 
 impl Outcome {
@@ -433,6 +476,7 @@ impl Outcome {
             Outcome::Done(_) => exit::OK,
             Outcome::TimedOut(_) | Outcome::Failed(_) => exit::FAILURE,
             Outcome::NoAnswer(_) => exit::NO_ANSWER,
+            Outcome::Interrupted { .. } => exit::INTERRUPTED,
         }
     }
 }
@@ -459,6 +503,7 @@ pub fn query(target: &Target, trust: datagram::Trust) -> Outcome {
         goal: Goal::Ack,
         timeout: ANSWER_TIMEOUT,
         trust,
+        interrupt: None,
     }
     .run(std::slice::from_ref(target))
     .remove(0)
@@ -559,7 +604,7 @@ mod tests {
         );
         assert_eq!(
             message(&["demo", "stat", "--job-name", "j"]),
-            "invalid value 'stat' for <VERB>: expected one of start, stop, term, quit, status, restart \
+            "invalid value 'stat' for <VERB>: did you mean 'start'? (one of start, stop, term, quit, status, restart, wait) \
              (see demo --help)"
         );
         assert_eq!(

@@ -286,6 +286,7 @@ fn control(
         goal: Goal::Ack,
         timeout: ANSWER_TIMEOUT,
         trust,
+        interrupt: None,
     }
     .run(&targets);
     let mut code = 0;
@@ -296,7 +297,7 @@ fn control(
                 eprintln!("monit: {}: {why}", target.label);
                 code = 1;
             }
-            Outcome::TimedOut(_) => {
+            Outcome::TimedOut(_) | Outcome::Interrupted { .. } => {
                 eprintln!("monit: {}: no answer within 2 s", target.label);
                 code = 1;
             }
@@ -573,6 +574,7 @@ mod tests {
                         process: process.into(),
                         target: Target::at_socket(std::path::Path::new(l)),
                         outcome: Outcome::NoAnswer(String::new()),
+                        gone: false,
                     }
                 })
                 .collect(),

@@ -43,12 +43,12 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     match query(&target, args.trust.trust()) {
         Outcome::Done(status) if status.hold => Ok(crate::exit::OK),
         Outcome::Done(_) => Ok(run_check(&args.check)),
-        Outcome::NoAnswer(why) | Outcome::Failed(why) => {
-            report(format!("{}: {why}", target.label));
-            Ok(crate::exit::FAILURE)
-        }
-        Outcome::TimedOut(_) => {
-            report(format!("{}: no answer", target.label));
+        other => {
+            report(format!(
+                "{}: {}",
+                target.label,
+                super::outcome_words(&other)
+            ));
             Ok(crate::exit::FAILURE)
         }
     }

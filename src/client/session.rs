@@ -43,6 +43,8 @@ pub struct Drive<'a> {
     pub goal: Goal,
     pub timeout: Duration,
     pub trust: Trust,
+    /// Readable when the wait is to end now (a signalfd for SIGINT).
+    pub interrupt: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// One place of a session: where it sends from and what still waits to go.
@@ -67,6 +69,8 @@ struct Session {
     last: Option<Status>,
     /// The first answer from a sender that is not believed.
     stranger: Option<(String, Option<Cred>)>,
+    /// The commands have all gone out to the pinned place.
+    delivered: bool,
     outcome: Option<Outcome>,
 }
 
@@ -119,7 +123,10 @@ impl Drive<'_> {
             if next == targets.len() && sessions.iter().all(Option::is_none) {
                 break;
             }
-            self.wait(&mut sessions, &mut buf);
+            if self.wait(&mut sessions, &mut buf) {
+                interrupted(&mut sessions, &mut outcomes);
+                break;
+            }
         }
         outcomes
             .into_iter()
@@ -161,6 +168,7 @@ impl Drive<'_> {
             first: None,
             last: None,
             stranger: None,
+            delivered: false,
             outcome: None,
         };
         s.flush(target.by_socket);
@@ -168,8 +176,9 @@ impl Drive<'_> {
     }
 
     /// Poll every open session until something arrives, a queue has room,
-    /// or the next deadline comes; then read what arrived.
-    fn wait(&self, sessions: &mut [Option<Session>], buf: &mut [u8]) {
+    /// or the next deadline comes; then read what arrived. `true` when the
+    /// interrupt fired.
+    fn wait(&self, sessions: &mut [Option<Session>], buf: &mut [u8]) -> bool {
         let now = Instant::now();
         let wake = sessions
             .iter()
@@ -179,6 +188,10 @@ impl Drive<'_> {
             .unwrap_or(now);
         let mut fds = Vec::new();
         let mut owners = Vec::new();
+        if let Some(fd) = self.interrupt {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            owners.push((usize::MAX, 0, false));
+        }
         for (i, s) in sessions.iter().enumerate() {
             let Some(s) = s else { continue };
             for (j, line) in s.lines.iter().enumerate() {
@@ -211,6 +224,26 @@ impl Drive<'_> {
                 s.read(j, buf, &self.trust);
             }
         }
+        false
+    }
+}
+
+/// Ctrl-C: every target still open or not yet opened ends as interrupted.
+fn interrupted(sessions: &mut [Option<Session>], outcomes: &mut [Option<Outcome>]) {
+    for (slot, outcome) in sessions.iter_mut().zip(outcomes.iter_mut()) {
+        if outcome.is_some() {
+            continue;
+        }
+        *outcome = Some(match slot.take() {
+            Some(s) => Outcome::Interrupted {
+                sent: s.delivered,
+                last: s.last,
+            },
+            None => Outcome::Interrupted {
+                sent: false,
+                last: None,
+            },
+        });
     }
 }
 
@@ -304,6 +337,9 @@ impl Session {
                 false
             }
         });
+        if self.pinned && self.lines.iter().all(|l| l.pending.is_empty()) {
+            self.delivered = true;
+        }
         if self.lines.is_empty() && self.outcome.is_none() {
             self.outcome = Some(match (&self.last, failure) {
                 (Some(s), _) => went_away(Some(s)),
