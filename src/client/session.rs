@@ -214,6 +214,9 @@ impl Drive<'_> {
             .map(|(o, _)| o)
             .collect();
         drop(fds);
+        if ready.first().is_some_and(|&(i, _, _)| i == usize::MAX) {
+            return true;
+        }
         for (i, j, writable) in ready {
             let Some(s) = sessions[i].as_mut() else {
                 continue;
