@@ -16,7 +16,7 @@ use crate::paths::Paths;
 /// Shown under `--help`: the other modes of the binary and every exit code.
 pub const AFTER_HELP: &str = "\
 Other modes of the same binary:
-  container-run ctl start|stop|term|quit|status|restart JOB [-p PROCESS]
+  container-run ctl start|stop|term|quit|status|restart|wait TARGET... | --all [--except TARGET]
   container-run bpm start|stop|term|quit|pid|running JOB [-p PROCESS] | list
   container-run monit summary|status|start|stop|restart|monitor|unmonitor [NAME|all]
   container-run probe JOB [-p PROCESS] -- CHECK [ARG...]

@@ -145,3 +145,116 @@ fn install_commands_are_found() {
     let md = "```yaml\n  command: [\"/c\", \"install\", \"/d\"]\n  command: [\"/c\"]\n```\n";
     assert_eq!(install_commands(md), [["/c", "install", "/d"]]);
 }
+
+/// The ```sh blocks of a page, each as its lines.
+fn sh_blocks(markdown: &str) -> Vec<Vec<String>> {
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim()) {
+            (None, "```sh") => current = Some(Vec::new()),
+            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some(block), l) if !l.is_empty() && !l.starts_with('#') => block.push(l.to_string()),
+            _ => {}
+        }
+    }
+    blocks
+}
+
+fn page(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).unwrap()
+}
+
+/// The seed's use case is two commands on every page that shows how to
+/// stop jobs (the docs/ pages run in `every_shell_command_in_the_docs_works`);
+/// the README's block is run here against a pod with a database.
+#[test]
+fn the_seeds_use_case_is_two_commands_everywhere_and_they_work() {
+    for name in ["README.md", "docs/kubernetes.md", "docs/migrating.md"] {
+        let blocks = sh_blocks(&page(name));
+        let seed = blocks.iter().find(|b| {
+            b.iter().any(|l| l.contains("ctl stop --all --except "))
+                && b.iter().any(|l| l.contains("ctl start --all"))
+        });
+        assert!(seed.is_some_and(|b| b.len() == 2), "{name}: {blocks:?}");
+    }
+    let blocks = sh_blocks(&page("README.md"));
+    let seed = blocks
+        .iter()
+        .find(|b| b.iter().any(|l| l.contains("--except")))
+        .unwrap();
+    let t = TempDir::new();
+    let base = t.file("vcap");
+    let db = Run::builder(&base, "database").spawn([child()]);
+    let api = Run::builder(&base, "api").spawn([child()]);
+    let db_pid = db.wait_running();
+    api.wait_running();
+    let tools = t.file("bin");
+    std::fs::create_dir(&tools).unwrap();
+    std::os::unix::fs::symlink(bin(), tools.join("container-run")).unwrap();
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for (i, line) in seed.iter().enumerate() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(line.replace("/var/vcap", &base.display().to_string()))
+            .env("PATH", &path);
+        let (code, _, err) = output_with_deadline(cmd);
+        assert_eq!(code, 0, "README: {line}: {err}");
+        let want = if i == 0 { "stopped" } else { "running" };
+        assert_eq!(api.status()["state"], want, "after {line}");
+        assert_eq!(db.status()["pid"], db_pid, "the database is left alone");
+    }
+}
+
+/// What the README says `ctl status` prints is what it prints.
+#[test]
+fn the_readme_names_the_status_columns_ctl_prints() {
+    let t = TempDir::new();
+    let run = Run::builder(t.path(), "job").spawn([child()]);
+    run.wait_running();
+    let (code, out, _) = run_to_end(&[
+        os("ctl"),
+        os("status"),
+        os("job"),
+        os("--base-dir"),
+        t.path().as_os_str(),
+    ]);
+    assert_eq!(code, 0);
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    let readme = page("README.md");
+    assert!(
+        readme.contains(&format!("`{}`", header.join(" "))),
+        "README does not name the columns {header:?}"
+    );
+}
+
+/// The static binary's size the README quotes, within 3 %, once it is built
+/// (`.ci/run` builds it before the tests).
+#[test]
+fn the_readme_quotes_the_static_binarys_size() {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/static/container-run");
+    let Ok(meta) = std::fs::metadata(&built) else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI builds target/static before the tests"
+        );
+        eprintln!("skipped: no target/static/container-run (scripts/build-static)");
+        return;
+    };
+    let readme = page("README.md");
+    let quoted = readme
+        .split("the static binary is ")
+        .nth(1)
+        .and_then(|rest| rest.split(" bytes").next())
+        .map(|n| n.replace(',', ""))
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("README: \"the static binary is N bytes\"");
+    let real = meta.len();
+    let off = quoted.abs_diff(real) as f64 / real as f64;
+    assert!(off < 0.03, "README says {quoted} bytes, the binary has {real}");
+}

@@ -1,7 +1,7 @@
 //! Soak: STOP/START cycles against one container-run whose job forks
 //! children of its own. Short form by default (it runs in `cargo test`);
 //! the long form is
-//! `CONTAINER_RUN_SOAK_CYCLES=10000 cargo test --release --test soak -- --nocapture`.
+//! `cargo build --release --example testchild && CONTAINER_RUN_SOAK_CYCLES=10000 cargo test --release --test soak -- --nocapture`.
 
 mod common;
 

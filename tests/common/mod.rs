@@ -27,7 +27,8 @@ pub fn child() -> PathBuf {
     let p = bin().parent().unwrap().join("examples/testchild");
     assert!(
         p.exists(),
-        "{} missing: run through cargo test",
+        "{} missing: a plain `cargo test` builds it; with a target filter \
+         (`--test soak`) build it first: cargo build [--release] --example testchild",
         p.display()
     );
     p
