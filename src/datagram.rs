@@ -75,9 +75,7 @@ pub fn pass_credentials(sock: &impl std::os::fd::AsFd) -> io::Result<()> {
 pub fn recv(sock: BorrowedFd, buf: &mut [u8]) -> io::Result<Option<Received>> {
     // SAFETY: every pointer handed to recvmsg points into a live local
     // buffer of the length given; the control buffer is aligned for cmsghdr
-    // (u64 words) and walked only with the CMSG_* macros within
-    // msg_controllen; SCM_RIGHTS data are fds the kernel just installed in
-    // this process, owned here and closed by OwnedFd's drop.
+    // (u64 words) and is read only by `control`, within msg_controllen.
     unsafe {
         let mut addr: libc::sockaddr_un = std::mem::zeroed();
         let mut cbuf = [0u64; CONTROL_WORDS];
@@ -108,9 +106,30 @@ pub fn recv(sock: BorrowedFd, buf: &mut [u8]) -> io::Result<Option<Received>> {
                 _ => return Err(e),
             }
         };
-        let mut cred = None;
-        let mut fds = 0;
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        let (cred, fds) = control(&msg);
+        Ok(Some(Received {
+            len: n,
+            peer: Peer {
+                addr: address(&addr, msg.msg_namelen as usize),
+                cred,
+            },
+            fds,
+        }))
+    }
+}
+
+/// The credentials a received message carries, and how many fds came with
+/// it, each closed here.
+///
+/// # Safety
+/// `msg` is a message `recvmsg` just filled: its control buffer holds
+/// `msg_controllen` valid bytes, and SCM_RIGHTS data are fds the kernel
+/// installed in this process for the caller alone.
+unsafe fn control(msg: &libc::msghdr) -> (Option<Cred>, usize) {
+    let (mut cred, mut fds) = (None, 0);
+    // SAFETY: as the function's contract says; CMSG_* walk within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
         while !c.is_null() {
             let data = libc::CMSG_DATA(c);
             let len = ((*c).cmsg_len as usize).saturating_sub(data.offset_from(c.cast()) as usize);
@@ -135,26 +154,24 @@ pub fn recv(sock: BorrowedFd, buf: &mut [u8]) -> io::Result<Option<Received>> {
                 }
                 _ => {}
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
+            c = libc::CMSG_NXTHDR(msg, c);
         }
-        let offset = std::mem::offset_of!(libc::sockaddr_un, sun_path);
-        let len = (msg.msg_namelen as usize)
-            .saturating_sub(offset)
-            .min(addr.sun_path.len());
-        let raw: Vec<u8> = addr.sun_path[..len].iter().map(|&b| b as u8).collect();
-        let addr = match raw.first() {
-            None => Address::Unnamed,
-            Some(0) => Address::Abstract(raw[1..].to_vec()),
-            Some(_) => {
-                let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-                Address::Path(PathBuf::from(OsStr::from_bytes(&raw[..end])))
-            }
-        };
-        Ok(Some(Received {
-            len: n,
-            peer: Peer { addr, cred },
-            fds,
-        }))
+    }
+    (cred, fds)
+}
+
+/// A sender's address as `recvmsg` filled `namelen` bytes of it.
+fn address(addr: &libc::sockaddr_un, namelen: usize) -> Address {
+    let offset = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+    let len = namelen.saturating_sub(offset).min(addr.sun_path.len());
+    let raw: Vec<u8> = addr.sun_path[..len].iter().map(|&b| b as u8).collect();
+    match raw.first() {
+        None => Address::Unnamed,
+        Some(0) => Address::Abstract(raw[1..].to_vec()),
+        Some(_) => {
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            Address::Path(PathBuf::from(OsStr::from_bytes(&raw[..end])))
+        }
     }
 }
 

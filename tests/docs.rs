@@ -256,5 +256,8 @@ fn the_readme_quotes_the_static_binarys_size() {
         .expect("README: \"the static binary is N bytes\"");
     let real = meta.len();
     let off = quoted.abs_diff(real) as f64 / real as f64;
-    assert!(off < 0.03, "README says {quoted} bytes, the binary has {real}");
+    assert!(
+        off < 0.03,
+        "README says {quoted} bytes, the binary has {real}"
+    );
 }

@@ -103,7 +103,13 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
         Verb::Quit => send(ControlCommand::Quit, Goal::Ack),
         Verb::List => return list(&base, trust),
     };
-    Ok(match outcome {
+    Ok(exit_for(&target, outcome))
+}
+
+/// bpm's exit: 0 done, 1 anything else (bpm has no "nobody answers"
+/// code of its own), with the reason on stderr.
+fn exit_for(target: &Target, outcome: Outcome) -> u8 {
+    match outcome {
         Outcome::Done(_) => exit::OK,
         Outcome::TimedOut(last) => {
             report(format!(
@@ -114,7 +120,6 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
             ));
             exit::FAILURE
         }
-        // bpm has no "nobody answers" code of its own: any failure is 1.
         other => {
             report(format!(
                 "{}: {}",
@@ -123,7 +128,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
             ));
             exit::FAILURE
         }
-    })
+    }
 }
 
 /// `bpm` when invoked as bpm, `container-run bpm` otherwise: what usage

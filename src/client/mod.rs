@@ -65,68 +65,36 @@ pub fn usage_error(e: &clap::Error, bin_name: &str) -> Fatal {
 /// rendering spreads the names of missing arguments and the valid values
 /// over several lines.
 fn clap_message(e: &clap::Error) -> String {
-    let strings = |kind| match e.get(kind) {
-        Some(ContextValue::String(s)) => vec![s.clone()],
-        Some(ContextValue::Strings(v)) => v.clone(),
-        Some(ContextValue::StyledStr(s)) => vec![s.to_string()],
-        Some(ContextValue::StyledStrs(v)) => v.iter().map(ToString::to_string).collect(),
-        _ => Vec::new(),
-    };
-    let one = |kind| strings(kind).join(", ");
-    let arg = one(ContextKind::InvalidArg);
-    let value = one(ContextKind::InvalidValue);
+    let arg = context(e, ContextKind::InvalidArg).join(", ");
+    let value = context(e, ContextKind::InvalidValue).join(", ");
+    let suggested = |kind| context(e, kind).join(" or ");
     match e.kind() {
         ErrorKind::MissingRequiredArgument => {
-            let missing = strings(ContextKind::InvalidArg);
+            let missing = context(e, ContextKind::InvalidArg);
             let s = if missing.len() == 1 { "" } else { "s" };
             format!("missing required argument{s}: {}", missing.join(", "))
-        }
-        ErrorKind::InvalidValue => {
-            let valid = strings(ContextKind::ValidValue);
-            let suggested = one(ContextKind::SuggestedValue);
-            if valid.is_empty() {
-                format!("invalid value '{value}' for {arg}")
-            } else if !suggested.is_empty() {
-                format!(
-                    "invalid value '{value}' for {arg}: did you mean '{suggested}'? (one of {})",
-                    valid.join(", ")
-                )
-            } else {
-                format!(
-                    "invalid value '{value}' for {arg}: expected one of {}",
-                    valid.join(", ")
-                )
-            }
-        }
-        ErrorKind::ValueValidation => {
-            let why = std::error::Error::source(e).map_or(String::new(), |s| format!(": {s}"));
-            format!("invalid value '{value}' for {arg}{why}")
         }
         ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             "missing required argument: <COMMAND>".to_string()
         }
-        ErrorKind::InvalidSubcommand => {
-            let word = one(ContextKind::InvalidSubcommand);
-            let suggested = strings(ContextKind::SuggestedSubcommand);
-            if suggested.is_empty() {
-                format!("unknown command '{word}'")
-            } else {
-                format!(
-                    "unknown command '{word}': did you mean {}?",
-                    suggested.join(" or ")
-                )
-            }
+        ErrorKind::InvalidValue => invalid_value(e, &value, &arg),
+        ErrorKind::ValueValidation => {
+            let why = std::error::Error::source(e).map_or(String::new(), |s| format!(": {s}"));
+            format!("invalid value '{value}' for {arg}{why}")
         }
-        ErrorKind::UnknownArgument => {
-            let suggested = one(ContextKind::SuggestedArg);
-            if suggested.is_empty() {
-                format!("unexpected argument '{arg}'")
-            } else {
-                format!("unexpected argument '{arg}': did you mean '{suggested}'?")
-            }
-        }
+        ErrorKind::InvalidSubcommand => with_hint(
+            format!(
+                "unknown command '{}'",
+                context(e, ContextKind::InvalidSubcommand).join(", ")
+            ),
+            &suggested(ContextKind::SuggestedSubcommand),
+        ),
+        ErrorKind::UnknownArgument => with_hint(
+            format!("unexpected argument '{arg}'"),
+            &quoted(&suggested(ContextKind::SuggestedArg)),
+        ),
         ErrorKind::ArgumentConflict => {
-            let prior = one(ContextKind::PriorArg);
+            let prior = context(e, ContextKind::PriorArg).join(", ");
             if prior.is_empty() {
                 format!("{arg} cannot be used here")
             } else {
@@ -138,6 +106,46 @@ fn clap_message(e: &clap::Error) -> String {
             let first = text.lines().next().unwrap_or("invalid arguments");
             first.strip_prefix("error: ").unwrap_or(first).to_string()
         }
+    }
+}
+
+/// One kind of clap's error context, as strings.
+fn context(e: &clap::Error, kind: ContextKind) -> Vec<String> {
+    match e.get(kind) {
+        Some(ContextValue::String(s)) => vec![s.clone()],
+        Some(ContextValue::Strings(v)) => v.clone(),
+        Some(ContextValue::StyledStr(s)) => vec![s.to_string()],
+        Some(ContextValue::StyledStrs(v)) => v.iter().map(ToString::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn quoted(s: &str) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("'{s}'")
+    }
+}
+
+/// `message: did you mean HINT?` when clap has one.
+fn with_hint(message: String, hint: &str) -> String {
+    if hint.is_empty() {
+        message
+    } else {
+        format!("{message}: did you mean {hint}?")
+    }
+}
+
+fn invalid_value(e: &clap::Error, value: &str, arg: &str) -> String {
+    let valid = context(e, ContextKind::ValidValue).join(", ");
+    let suggested = context(e, ContextKind::SuggestedValue).join(" or ");
+    if valid.is_empty() {
+        format!("invalid value '{value}' for {arg}")
+    } else if suggested.is_empty() {
+        format!("invalid value '{value}' for {arg}: expected one of {valid}")
+    } else {
+        format!("invalid value '{value}' for {arg}: did you mean '{suggested}'? (one of {valid})")
     }
 }
 
