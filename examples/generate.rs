@@ -1,5 +1,5 @@
 //! Shell completion scripts and man pages for container-run, made from the
-//! clap definitions that parse its command line (`cli::command_tree`).
+//! clap definitions that parse its command line (`modes::command_tree`).
 //! An example rather than a mode of the binary: it would add 185 KB (11 %)
 //! to the static binary that every job image carries (README, "Completion
 //! and man pages").
@@ -28,7 +28,7 @@ fn mend_bash(script: &[u8]) -> Vec<u8> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut cmd = container_run::cli::command_tree();
+    let mut cmd = container_run::modes::command_tree();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["completions", shell] => match shell.parse::<Shell>() {
             Ok(shell) => {

@@ -16,7 +16,7 @@ use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 use nix::unistd::fsync;
 
-use crate::client::{help_word_to_flag, parse};
+use crate::cli::{help_word_to_flag, parse};
 use crate::error::Fatal;
 
 /// The name of the installed binary inside DIR.

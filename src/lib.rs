@@ -13,6 +13,7 @@ pub mod exit;
 pub mod install;
 pub mod logger;
 pub mod machine;
+pub mod modes;
 pub mod paths;
 pub mod peers;
 pub mod protocol;

@@ -100,7 +100,7 @@ fn help(args: &[OsString]) -> Result<u8, Fatal> {
 }
 
 fn run(args: Vec<OsString>) -> Result<u8, Fatal> {
-    let config = client::parse::<RunArgs>(args.clone(), "container-run")
+    let config = container_run::cli::parse::<RunArgs>(args.clone(), "container-run")
         .map_err(|e| {
             client_verb_hint(&args)
                 .or_else(|| mode_hint(&args))

@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use super::{
-    Drive, Goal, Outcome, Target, TrustArgs, help_word_to_flag, main_process_lives, parse, query,
-    tabwrite,
-};
+use super::{Drive, Goal, Outcome, Target, TrustArgs, main_process_lives, query, tabwrite};
+use crate::cli::{help_word_to_flag, parse};
 use crate::datagram::Trust;
 use crate::error::{Fatal, report};
 use crate::exit;

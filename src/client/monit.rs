@@ -8,10 +8,8 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
-use super::{
-    ANSWER_TIMEOUT, Drive, Goal, Member, Outcome, Target, TrustArgs, help_word_to_flag,
-    main_process_lives, parse,
-};
+use super::{ANSWER_TIMEOUT, Drive, Goal, Member, Outcome, Target, TrustArgs, main_process_lives};
+use crate::cli::{help_word_to_flag, parse};
 use crate::datagram::Trust;
 use crate::error::Fatal;
 use crate::protocol::{ControlCommand, State};

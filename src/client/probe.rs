@@ -8,7 +8,8 @@ use std::process::Command;
 
 use clap::Parser;
 
-use super::{Outcome, Target, TrustArgs, parse, query};
+use super::{Outcome, Target, TrustArgs, query};
+use crate::cli::parse;
 use crate::error::{Fatal, report};
 
 #[derive(Debug, Parser)]

@@ -13,7 +13,8 @@ use clap::{Args, Parser, ValueEnum};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use super::{Drive, Goal, Member, Outcome, Target, TrustArgs, help_word_to_flag, parse};
+use super::{Drive, Goal, Member, Outcome, Target, TrustArgs};
+use crate::cli::{help_word_to_flag, parse};
 use crate::datagram::Trust;
 use crate::error::Fatal;
 use crate::paths::Paths;
