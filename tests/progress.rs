@@ -177,3 +177,40 @@ fn a_container_run_that_goes_away_after_answering_is_a_failure_not_no_answer() {
         "{shown:?}"
     );
 }
+
+/// Issue 19, finding 6: Ctrl-C while `ctl stop` waits on a terminal ends
+/// the wait, not the stop: the progress line is finished where it stands
+/// (not erased, not left for the shell's prompt to overwrite), one line
+/// says what was sent and what goes on, and ctl exits 130.
+#[test]
+fn ctrl_c_on_a_terminal_finishes_the_line_and_says_the_stop_goes_on() {
+    let t = TempDir::new();
+    let (run, pid) = Run::stubborn(&t, "1h");
+    let base = t.path().to_str().unwrap();
+    let ctl = Watched::spawn(
+        &t,
+        on_a_terminal(&["ctl", "stop", "job", "--base-dir", base]),
+    );
+    ctl.wait_shown("\rjob/job: stopping, ");
+    // ctl itself, under script's pseudo-terminal: the descendant that runs
+    // this binary with `ctl stop`.
+    let ctl_pid = wait_for("ctl under script", || {
+        descendants(ctl.child.id() as i32).into_iter().find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|w| w == b"stop"))
+        })
+    });
+    kill(ctl_pid, libc::SIGINT);
+    let (code, shown) = ctl.finish();
+    assert_eq!(code, 130, "{shown:?}");
+    let at = shown
+        .find("\r\ncontainer-run: job/job: interrupted: STOP was sent and goes on")
+        .unwrap_or_else(|| panic!("no message on a line of its own: {shown:?}"));
+    // What the screen showed last before it: the progress line, finished,
+    // not erased.
+    let last_drawn = shown[..at].rsplit('\r').next().unwrap();
+    assert!(last_drawn.starts_with("job/job: stopping, "), "{shown:?}");
+    assert_eq!(run.status()["state"], "stopping", "the stop goes on");
+    kill(pid, libc::SIGKILL);
+    run.wait_state("stopped");
+}

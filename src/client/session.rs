@@ -36,6 +36,10 @@ const RESEND_EVERY: Duration = Duration::from_millis(500);
 /// Sessions open at once at most (each holds up to three fds per place).
 const MAX_OPEN: usize = 64;
 
+/// Datagrams read from one reply socket before the loop looks at its
+/// deadlines again.
+const READS_PER_TURN: usize = 64;
+
 /// What to send and what to wait for.
 #[derive(Debug, Clone, Copy)]
 pub struct Drive<'a> {
@@ -352,8 +356,14 @@ impl Session {
         }
     }
 
+    /// Read what arrived on line `j`: at most `READS_PER_TURN` datagrams,
+    /// so that strangers flooding the reply address (anyone can send to an
+    /// abstract name) cannot keep the loop from its deadlines.
     fn read(&mut self, j: usize, buf: &mut [u8], trust: &Trust) {
-        while self.outcome.is_none() && j < self.lines.len() {
+        for _ in 0..READS_PER_TURN {
+            if self.outcome.is_some() || j >= self.lines.len() {
+                return;
+            }
             let got = match datagram::recv(self.lines[j].sock.as_fd(), buf) {
                 Ok(Some(got)) => got,
                 Ok(None) => return,
