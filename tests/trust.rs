@@ -905,8 +905,9 @@ fn fds_passed_with_datagrams_are_closed_at_once() {
         after, baseline,
         "fds kept (at most {most} during the attack)"
     );
+    // Between a recvmsg and its close, one datagram's fds at most.
     assert!(
-        most <= baseline + 4,
+        most <= baseline + 8 + 2,
         "{most} fds during the attack, {baseline} before"
     );
     let (code, out, err) = client(&base, "ctl", &["start", "job"]);
@@ -1537,7 +1538,7 @@ fn trust_uid_believes_a_container_run_of_another_user() {
     let _ = cr.wait();
 }
 
-/// The job user binds 64 never-reading names under the real job's own
+/// The job user binds 500 never-reading names under the real job's own
 /// rendezvous prefix: root's commands still reach the real container-run.
 #[test]
 fn names_squatting_a_jobs_own_prefix_cannot_hide_it() {
@@ -1551,7 +1552,7 @@ fn names_squatting_a_jobs_own_prefix_cannot_hide_it() {
     let pid = run.wait_running();
     let real = rendezvous_of(run.pid()).expect("a rendezvous name");
     let own = name_prefix(&real, 3);
-    let spec: Vec<Value> = (0..64)
+    let spec: Vec<Value> = (0..500)
         .map(|i| serde_json::json!({"bind": format!("@{own}{i:016x}"), "tag": "squat"}))
         .collect();
     let _squat = Attacker::python(
