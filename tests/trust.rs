@@ -707,6 +707,71 @@ fn a_fake_that_keeps_the_name_on_a_full_volume_is_not_believed() {
     assert!(!pid_file.exists());
 }
 
+/// Renames DIR/A to DIR/B and back, COUNT times, PAUSE seconds apart:
+/// events in DIR that need no new inode.
+const CHURN: &str = r#"
+import os, sys, time
+ready, d, a, b, count, pause = sys.argv[1:7]
+os.chdir(d)
+open(ready, 'w').close()
+for i in range(int(count)):
+    os.rename(a, b)
+    os.rename(b, a)
+    time.sleep(float(pause))
+"#;
+
+/// Finding 2 on a full volume: once the take-back has failed for want of
+/// inodes, every change in the directory tries again (20 times a second
+/// at most); 2,000 renames there over several seconds cost a bounded
+/// number of log lines, not one per attempt.
+#[test]
+fn a_take_back_that_keeps_failing_costs_a_bounded_number_of_log_lines() {
+    if !require_root("to mount a tmpfs and act as the job's user") {
+        return;
+    }
+    let t = TempDir::new();
+    let base = t.file("base");
+    let atk = attacker_dir(&t);
+    let vol = SmallVolume::start(&base, 64);
+    wait_pid_file(&vol.inside(&Files::new(&base, "job", "job").pidfile));
+    let data = base.join("data/job");
+    let lie = fake_line("job", "job", "stopped", true);
+    let _filler = Attacker::python_in(
+        Some(vol.enter()),
+        &atk,
+        NOBODY,
+        FILL_AND_RENAME,
+        &args(&[&data, &"job_containerrun.sock", &lie]),
+    );
+    let log = || std::fs::read_to_string(&vol.stderr).unwrap_or_default();
+    wait_until("the take-back failed for want of inodes", || {
+        log().contains("cannot bind the control socket again")
+    });
+    let started = Instant::now();
+    let mut churn = Attacker::python_in(
+        Some(vol.enter()),
+        &atk,
+        NOBODY,
+        CHURN,
+        &args(&[&data, &"fill", &"fill2", &"1000", &"0.005"]),
+    );
+    churn.finish();
+    // Queued behind the events: once answered, they have all been read.
+    let (code, _, err) = vol.client("ctl", &["status", "job"]);
+    assert_eq!(code, 0, "{err}");
+    let elapsed = started.elapsed();
+    let text = log();
+    let failures = text
+        .lines()
+        .filter(|l| l.contains("cannot bind the control socket again"))
+        .count() as u64;
+    eprintln!("{failures} failure lines in {elapsed:?}");
+    assert!(
+        failures <= elapsed.as_secs() / 10 + 2,
+        "{failures} lines saying the take-back failed, in {elapsed:?}"
+    );
+}
+
 /// Finding 2: the same rename loop, 10,000 renames: container-run logs a
 /// bounded number of take-back warnings (one per 10 s window, with a
 /// count), not one per rename. Its CPU time is printed, not judged.
