@@ -1273,6 +1273,75 @@ fn a_stop_marker_deleted_or_replaced_during_a_hold_is_written_again() {
     assert!(!again.files.pidfile.exists(), "the job ran after a restart");
 }
 
+/// Puts an empty directory at MARKER (removing what is there), then
+/// renames fresh empty directories over it COUNT times, PAUSE seconds
+/// apart.
+const MARKER_DIRS: &str = r#"
+import os, sys, time
+ready, marker, count, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+for _ in range(1000):
+    if os.path.isdir(marker) and not os.path.islink(marker):
+        break
+    try:
+        os.unlink(marker)
+        os.mkdir(marker)
+    except OSError:
+        pass
+open(ready, 'w').close()
+for i in range(count):
+    d = '%s.d%d' % (marker, i)
+    os.mkdir(d)
+    os.rename(d, marker)
+    time.sleep(pause)
+"#;
+
+/// Finding 8 with a directory: during a hold the job user puts a directory
+/// at the STOP marker's name, where no file can be written, and renames
+/// fresh ones over it for several seconds. The hold stays in force (a
+/// restarted container-run comes up stopped: whatever is at the name is a
+/// hold) and container-run's complaints are counted, not repeated.
+#[test]
+fn a_directory_at_the_stop_marker_costs_a_bounded_number_of_log_lines() {
+    if !require_root("to act as the job's user") {
+        return;
+    }
+    let t = TempDir::new();
+    let base = job_owned_base(&t, &["job"]);
+    let atk = attacker_dir(&t);
+    let mut run = Run::builder(&base, "job").spawn([child()]);
+    run.wait_running();
+    let (code, out, err) = client(&base, "ctl", &["stop", "job"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let started = Instant::now();
+    let mut dirs = Attacker::python(
+        &atk,
+        NOBODY,
+        MARKER_DIRS,
+        &args(&[&run.files.stopped, &"1000", &"0.005"]),
+    );
+    dirs.finish();
+    let s = run.status();
+    assert_eq!(
+        (s["state"].as_str(), s["hold"].as_bool()),
+        (Some("stopped"), Some(true))
+    );
+    let (code, _, err) = client(&base, "probe", &["job", "--", "false"]);
+    assert_eq!(code, 0, "{err}");
+    let elapsed = started.elapsed();
+    let log = run.errors();
+    let complaints = log.lines().filter(|l| l.contains("STOP marker")).count() as u64;
+    eprintln!("{complaints} lines about the marker in {elapsed:?}");
+    assert!(
+        complaints <= 2 * (elapsed.as_secs() / 10 + 2),
+        "{complaints} lines about the marker in {elapsed:?}: {}",
+        log.lines().take(5).collect::<Vec<_>>().join("\n")
+    );
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait_exit(), 0);
+    let again = Run::builder(&base, "job").spawn([child()]);
+    assert_eq!(again.wait_state("stopped")["hold"], true);
+}
+
 /// Finding 9: 300 never-reading sockets of the job user at the pod's
 /// rendezvous and 300 planted `*_containerrun.sock` names; `ctl stop
 /// --all` under `ulimit -n 256` still stops the real job.
