@@ -915,6 +915,104 @@ fn the_barrier_cannot_be_skipped_by_hiding_or_flooding_a_draining_peer() {
     );
 }
 
+/// Connects COUNT sockets to the abstract NAME, sends STATUS 10 times
+/// from each and never reads what comes back; holds them 120 s at most.
+const UNREAD: &str = r#"
+import socket, sys, time
+ready, name, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+keep = []
+for i in range(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind('')
+    s.connect(b'\0' + name.encode())
+    s.settimeout(1)
+    for _ in range(10):
+        try:
+            s.send(b'STATUS')
+        except OSError:
+            pass
+    keep.append(s)
+open(ready, 'w').close()
+time.sleep(120)
+"#;
+
+/// Finding 3, a single container's restart: rep has a drain and runs on;
+/// garden alone gets SIGTERM and waits for rep only while it settles. A
+/// user outside the socket's group first leaves the answers to 100 sockets
+/// it connected to rep's rendezvous unread. rep's answers to the barrier
+/// must still arrive: garden goes on after settling, not at its deadline.
+#[test]
+fn unread_answers_to_strangers_do_not_silence_a_peer_for_the_barrier() {
+    if !require_root("to act as another user") {
+        return;
+    }
+    let t = TempDir::new();
+    let base = job_owned_base(&t, &["rep", "garden"]);
+    let atk = attacker_dir(&t);
+    let script = drain_script(&t, 1, &t.file("rep-drained"));
+    let (garden_term, garden_ready) = (t.file("garden-term"), t.file("garden-ready"));
+    let mut garden = Run::builder(&base, "garden")
+        .args(["--drain-timeout", "8s"])
+        .spawn(stamping_job(&garden_term, &garden_ready));
+    let rep = Run::builder(&base, "rep")
+        .arg("--drain-name")
+        .arg(&script)
+        .spawn([child()]);
+    garden.wait_running();
+    wait_pid_file(&garden_ready);
+    rep.wait_running();
+    let name = rendezvous_of(rep.pid()).expect("a rendezvous name");
+    let _unread = Attacker::python(&atk, NOBODY, UNREAD, &args(&[&name, &"100"]));
+    garden.signal(libc::SIGTERM);
+    assert_eq!(garden.wait_exit(), 0);
+    let log = garden.errors();
+    assert!(
+        log.contains("waiting for 1 draining container-run"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("deadline") && !log.contains("gave no answer"),
+        "rep's answers did not reach garden: {log}"
+    );
+    assert_eq!(rep.status()["drain"], "ready");
+}
+
+/// Finding 3, silence: rep is signalled while it cannot answer (stopped
+/// with SIGSTOP, as a queue kept full or answers that never arrive would
+/// leave it); garden, signalled then, hears nothing from it. A silent
+/// peer whose name root holds may be draining: garden waits until rep has
+/// answered that its drain is done.
+#[test]
+fn a_peer_that_cannot_answer_is_waited_for() {
+    let t = TempDir::new();
+    let base = t.file("base");
+    let rep_drained = t.file("rep-drained");
+    let script = drain_script(&t, 2, &rep_drained);
+    let (garden_term, garden_ready) = (t.file("garden-term"), t.file("garden-ready"));
+    let mut garden = Run::builder(&base, "garden").spawn(stamping_job(&garden_term, &garden_ready));
+    let mut rep = Run::builder(&base, "rep")
+        .arg("--drain-name")
+        .arg(&script)
+        .spawn([child()]);
+    garden.wait_running();
+    wait_pid_file(&garden_ready);
+    rep.wait_running();
+    rep.signal(libc::SIGSTOP);
+    rep.signal(libc::SIGTERM);
+    garden.signal(libc::SIGTERM);
+    wait_until("garden hears nothing from rep (or ends)", || {
+        garden.errors().contains("gave no answer") || garden.try_exit().is_some()
+    });
+    rep.signal(libc::SIGCONT);
+    assert_eq!(rep.wait_exit(), 0);
+    assert_eq!(garden.wait_exit(), 0, "{}", garden.errors());
+    assert!(
+        ns_stamp(&garden_term) >= ns_stamp(&rep_drained),
+        "garden's job got SIGTERM before rep's drain was done: {}",
+        garden.errors()
+    );
+}
+
 /// Finding 4: a member of the socket's group sends 3,000 datagrams, each
 /// with 8 fds, to the named socket and the rendezvous; container-run (fd
 /// limit 1024) keeps none, answers STATUS and lifts a hold with START.
