@@ -6,11 +6,13 @@
 //! uid (the sender's credentials): a job user's fake that claims to drain
 //! is no peer.
 //!
-//! Each peer is asked from a socket of its own, connected to its name:
-//! only that name's holder can send to it (nobody can fill its queue or
-//! slip an answer in), and its writability says when a full queue at the
-//! peer has room again, so that a flood of the peer's queue delays the
-//! question within the round instead of dropping it.
+//! Each peer is asked from a socket of its own (what arrives there answers
+//! that peer, or is ignored), and a second socket connected to its name
+//! says by its writability when a full queue at the peer has room again:
+//! a flood of the peer's queue delays the question within the round
+//! instead of dropping it. The peer answers from a fresh socket of its
+//! own, as it answers every client, so nothing the peer's other senders
+//! leave unread can hold its answer back.
 //!
 //! The barrier remembers, by JOB/PROCESS (a name's TARGET part): a peer
 //! once seen draining, or with a drain configured while this container-run
@@ -18,10 +20,9 @@
 //! gone, and gone means that no name of its JOB/PROCESS is bound any more
 //! (its container-run has exited; a rendezvous name vanishes with its
 //! holder). A peer whose name's owner the kernel vouches for and that
-//! gives no believed answer in a round (a queue kept full, replies that
-//! never arrive) may be draining: it is waited for as a peer seen ready,
-//! until it answers or is gone. Only the drain's deadline ends such
-//! waits. A round is non-blocking; the event loop polls its fd (an epoll
+//! gives no believed answer in a round (a queue kept full, answers that
+//! never arrive) may be draining: it is waited for as one draining, until
+//! it answers or is gone. Only the drain's deadline ends such waits. A round is non-blocking; the event loop polls its fd (an epoll
 //! instance over the round's sockets) and its deadline.
 
 use std::collections::BTreeMap;
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use nix::sys::socket::{UnixAddr, connect};
+use nix::sys::socket::{MsgFlags, UnixAddr, connect, sendto};
 
 use crate::datagram::{self, Trust};
 use crate::logger::Limited;
@@ -53,8 +54,10 @@ enum Hold {
     /// Its drain script or its waits run.
     Draining,
     /// A drain configured, not begun, seen while this container-run
-    /// settles (its SIGTERM may be on its way); or no believed answer yet.
+    /// settles: its SIGTERM may be on its way.
     Ready,
+    /// No believed answer from a name a believed uid holds: it may drain.
+    Silent,
 }
 
 /// A peer: its rendezvous prefix `container-run/POD/TARGET/`, one per
@@ -84,12 +87,16 @@ struct Round {
 /// One peer asked this round.
 struct Ask {
     key: Key,
-    /// Bound to an address of its own, connected to the peer's name.
+    name: UnixAddr,
+    /// Bound to an address of its own: the question goes from here, the
+    /// answer comes here.
     sock: UnixDatagram,
+    /// Connected to the peer's name, never sent from: writable when the
+    /// peer's queue has room. Dropped once the question is out.
+    waiter: Option<UnixDatagram>,
     /// The kernel says a believed uid owns the name: silence may be a
     /// flood, not absence.
     vouched: bool,
-    sent: bool,
     /// A believed answer came (or the peer went away): nothing more to
     /// wait for.
     settled: bool,
@@ -97,26 +104,36 @@ struct Ask {
 
 impl Ask {
     fn open(name: &[u8], key: Key, vouched: bool) -> io::Result<Ask> {
-        let sock = datagram::reply_socket()?;
-        connect(sock.as_raw_fd(), &UnixAddr::new_abstract(name)?)?;
+        let name = UnixAddr::new_abstract(name)?;
+        let waiter = UnixDatagram::unbound()?;
+        connect(waiter.as_raw_fd(), &name)?;
+        waiter.set_nonblocking(true)?;
         Ok(Ask {
             key,
-            sock,
+            name,
+            sock: datagram::reply_socket()?,
+            waiter: Some(waiter),
             vouched,
-            sent: false,
             settled: false,
         })
     }
 
-    /// Send the STATUS unless the peer's queue is full; then only answers
-    /// are waited for.
-    fn try_send(&mut self, epoll: &Epoll, index: u64) {
-        match self.sock.send(b"STATUS") {
+    fn sent(&self) -> bool {
+        self.waiter.is_none()
+    }
+
+    /// Send the STATUS unless the peer's queue is full.
+    fn try_send(&mut self, epoll: &Epoll) {
+        let Some(waiter) = &self.waiter else {
+            return;
+        };
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        match sendto(self.sock.as_raw_fd(), b"STATUS", &self.name, flags) {
             Ok(_) => {
-                self.sent = true;
-                let _ = epoll.modify(&self.sock, &mut EpollEvent::new(EpollFlags::EPOLLIN, index));
+                let _ = epoll.delete(waiter);
+                self.waiter = None;
             }
-            Err(e) if e.raw_os_error() == Some(Errno::EAGAIN as i32) => {}
+            Err(Errno::EAGAIN | Errno::EINTR) => {}
             // Gone since it was listed: the next listing says so.
             Err(_) => self.settle(epoll),
         }
@@ -125,6 +142,9 @@ impl Ask {
     fn settle(&mut self, epoll: &Epoll) {
         self.settled = true;
         let _ = epoll.delete(&self.sock);
+        if let Some(waiter) = self.waiter.take() {
+            let _ = epoll.delete(&waiter);
+        }
     }
 }
 
@@ -184,11 +204,14 @@ impl Barrier {
             else {
                 continue;
             };
-            let watch = EpollEvent::new(
-                EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
-                asks.len() as u64,
-            );
-            if epoll.add(&ask.sock, watch).is_ok() {
+            let watched = ask.waiter.as_ref().is_some_and(|w| {
+                epoll
+                    .add(w, EpollEvent::new(EpollFlags::EPOLLOUT, 0))
+                    .is_ok()
+            }) && epoll
+                .add(&ask.sock, EpollEvent::new(EpollFlags::EPOLLIN, 0))
+                .is_ok();
+            if watched {
                 asks.push(ask);
             }
         }
@@ -249,9 +272,7 @@ impl Barrier {
             if round.asks[i].settled {
                 continue;
             }
-            if !round.asks[i].sent {
-                round.asks[i].try_send(&round.epoll, i as u64);
-            }
+            round.asks[i].try_send(&round.epoll);
             self.read_answers(&mut round, i, &mut buf);
         }
         let open = round.asks.iter().any(|a| !a.settled);
@@ -294,7 +315,7 @@ impl Barrier {
     }
 
     /// Vouched-for peers that gave no believed answer may be draining:
-    /// held as seen ready until they answer or are gone.
+    /// held until they answer or are gone.
     fn unanswered(&mut self, round: &Round) {
         let silent: Vec<&Ask> = round
             .asks
@@ -302,9 +323,9 @@ impl Barrier {
             .filter(|a| !a.settled && a.vouched)
             .collect();
         for ask in &silent {
-            self.held.entry(ask.key.clone()).or_insert(Hold::Ready);
+            self.held.entry(ask.key.clone()).or_insert(Hold::Silent);
         }
-        let full = silent.iter().filter(|a| !a.sent).count();
+        let full = silent.iter().filter(|a| !a.sent()).count();
         if !silent.is_empty()
             && let Some(held) = self.silence_warned.due(Instant::now())
         {
@@ -341,7 +362,7 @@ impl Barrier {
         let mut peers = Peers::default();
         for hold in self.held.values() {
             match hold {
-                Hold::Draining => peers.draining += 1,
+                Hold::Draining | Hold::Silent => peers.draining += 1,
                 Hold::Ready if settling => peers.ready += 1,
                 Hold::Ready => peers.draining += 1,
             }
