@@ -339,7 +339,9 @@ impl Published {
             rebound: false,
             marker,
         };
-        if any {
+        // A take-back already waiting for its spacing looks at the name
+        // then: events until then cost nothing more.
+        if any && self.take_back_due.is_none() {
             news.rebound = self.check_name(me, now);
         }
         // After the take-back, which re-creates a deleted directory.
