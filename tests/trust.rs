@@ -248,6 +248,16 @@ fn cpu_seconds(pid: i32) -> f64 {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// A process of the test's, SIGKILLed by pid and reaped when dropped.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        kill(self.0.id() as i32, libc::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
 /// A process of the job's user, running on in the background; killed by
 /// pid and reaped when dropped.
 struct Attacker {
@@ -772,7 +782,7 @@ fn a_take_back_that_keeps_failing_costs_a_bounded_number_of_log_lines() {
     );
 }
 
-/// Finding 2: the same rename loop, 10,000 renames: container-run logs a
+/// Finding 2: the same rename loop, 6,000 renames: container-run logs a
 /// bounded number of take-back warnings (one per 10 s window, with a
 /// count), not one per rename. Its CPU time is printed, not judged.
 #[test]
@@ -793,7 +803,7 @@ fn a_rename_loop_costs_a_bounded_number_of_log_lines() {
         &atk,
         NOBODY,
         RENAME_OVER,
-        &args(&[&data, &"job_containerrun.sock", &lie, &"10000", &"0.0002"]),
+        &args(&[&data, &"job_containerrun.sock", &lie, &"6000", &"0.0002"]),
     );
     let renames: u64 = renamer.finish().trim().parse().unwrap();
     wait_until("container-run holds its name again", || {
@@ -811,7 +821,7 @@ fn a_rename_loop_costs_a_bounded_number_of_log_lines() {
          {cpu:.2} s of container-run's CPU",
         log.len()
     );
-    assert_eq!(renames, 10_000);
+    assert_eq!(renames, 6_000);
     // One line per 10 s window at most, the first one included.
     let windows = elapsed.as_secs() / 10 + 2;
     assert!(
@@ -971,7 +981,7 @@ fn unread_answers_to_strangers_do_not_silence_a_peer_for_the_barrier() {
         "{log}"
     );
     assert!(
-        !log.contains("deadline") && !log.contains("gave no answer"),
+        !log.contains("deadline"),
         "rep's answers did not reach garden: {log}"
     );
     assert_eq!(rep.status()["drain"], "ready");
@@ -1729,7 +1739,7 @@ fn trust_uid_believes_a_container_run_of_another_user() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr).unwrap());
     without_client_env(&mut cmd);
-    let mut cr = cmd.spawn().unwrap();
+    let _cr = KilledOnDrop(cmd.spawn().unwrap());
     let files = Files::new(&base, "job", "job");
     let pid = wait_pid_file(&files.pidfile);
     let (code, out, err) = client(&base, "ctl", &["status", "job", "--json"]);
@@ -1771,8 +1781,6 @@ fn trust_uid_believes_a_container_run_of_another_user() {
         &["job", "--trust-uid", "65534", "--", "false"],
     );
     assert_eq!(code, 0, "{err}");
-    kill(cr.id() as i32, libc::SIGKILL);
-    let _ = cr.wait();
 }
 
 /// The job user binds 500 never-reading names under the real job's own
