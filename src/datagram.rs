@@ -295,7 +295,12 @@ impl Trust {
     }
 
     pub fn believes(&self, cred: Option<&Cred>) -> bool {
-        cred.is_some_and(|c| c.uid == 0 || c.uid == self.own || Some(c.uid) == self.extra)
+        cred.is_some_and(|c| self.believes_uid(c.uid))
+    }
+
+    /// Whether `uid` is one of those believed.
+    pub fn believes_uid(&self, uid: u32) -> bool {
+        uid == 0 || uid == self.own || Some(uid) == self.extra
     }
 
     /// The uids believed, for messages: `0`, `0, 1000`.

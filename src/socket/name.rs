@@ -209,6 +209,7 @@ pub struct Published {
     /// A take-back asked for while the last one was too recent.
     take_back_due: Option<Instant>,
     warned: Limited,
+    failed: Limited,
 }
 
 impl Published {
@@ -240,6 +241,7 @@ impl Published {
             last_take_back: None,
             take_back_due: None,
             warned: Limited::default(),
+            failed: Limited::default(),
         };
         published.watch = published.new_watch();
         Ok(published)
@@ -337,7 +339,9 @@ impl Published {
             rebound: false,
             marker,
         };
-        if any {
+        // A take-back already waiting for its spacing looks at the name
+        // then: events until then cost nothing more.
+        if any && self.take_back_due.is_none() {
             news.rebound = self.check_name(me, now);
         }
         // After the take-back, which re-creates a deleted directory.
@@ -407,7 +411,12 @@ impl Published {
                 true
             }
             Err(e) => {
-                log::error!("cannot bind the control socket again: {e}");
+                // Each change in the directory tries again: one line per
+                // window, with a count, however often that fails.
+                if let Some(held) = self.failed.due(Instant::now()) {
+                    let text = format!("cannot bind the control socket again: {e}");
+                    log::error!("{}", Limited::text(&text, held));
+                }
                 false
             }
         }
