@@ -377,42 +377,27 @@ impl Supervisor {
     fn guard_hold(&mut self) {
         let hold = self.machine.snapshot(Instant::now()).hold;
         let paths = &self.cfg.paths;
-        match (hold, state_files::hold_is_ours(paths)) {
-            (true, Some(true)) | (false, None) => {}
-            (true, _) => {
-                if let Some(held) = self.hold_warned.due(Instant::now()) {
-                    log::warn!(
-                        "{}",
-                        crate::logger::Limited::text(
-                            &format!(
-                                "the STOP marker {} was removed or replaced while the hold is in force: writing it again",
-                                paths.stopped.display()
-                            ),
-                            held
-                        )
-                    );
-                }
-                if let Err(e) = state_files::write_hold(paths) {
-                    log::error!("cannot write the STOP marker again: {}", os_phrase(&e));
-                }
-            }
-            (false, Some(_)) => {
-                if let Some(held) = self.hold_warned.due(Instant::now()) {
-                    log::warn!(
-                        "{}",
-                        crate::logger::Limited::text(
-                            &format!(
-                                "a STOP marker {} appeared without an operator's STOP: removing it",
-                                paths.stopped.display()
-                            ),
-                            held
-                        )
-                    );
-                }
-                if let Err(e) = state_files::remove_hold(paths) {
-                    log::error!("cannot remove the STOP marker: {}", os_phrase(&e));
-                }
-            }
+        let shown = paths.stopped.display();
+        let (what, result) = match (hold, state_files::hold_is_ours(paths)) {
+            (true, Some(true)) | (false, None) => return,
+            (true, _) => (
+                format!(
+                    "the STOP marker {shown} was removed or replaced while the hold is in force: writing it again"
+                ),
+                state_files::write_hold(paths),
+            ),
+            (false, Some(_)) => (
+                format!("a STOP marker {shown} appeared without an operator's STOP: removing it"),
+                state_files::remove_hold(paths),
+            ),
+        };
+        // One line per 10 s with a count, whatever the job user repeats.
+        if let Some(held) = self.hold_warned.due(Instant::now()) {
+            let what = match result {
+                Ok(()) => what,
+                Err(e) => format!("{what}: {}", os_phrase(&e)),
+            };
+            log::warn!("{}", crate::logger::Limited::text(&what, held));
         }
     }
 

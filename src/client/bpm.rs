@@ -79,7 +79,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
             )));
         }
     };
-    let names = super::reach::pod_names(&crate::cli::absolute(&base)?).ok();
+    let names = super::reach::pod_names(&crate::cli::absolute(&base)?, &trust).ok();
     let target = Target::named(&base, job, args.process.as_deref(), names.as_ref())?;
     let send = |cmd, goal| {
         Drive {

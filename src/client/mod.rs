@@ -110,7 +110,7 @@ pub struct Member {
 /// and how many listed names went unanswered.
 pub fn pod(base: &Path, trust: datagram::Trust) -> Result<(Vec<Member>, usize), Fatal> {
     let base = crate::cli::absolute(base)?;
-    let names = reach::pod_names(&base)?;
+    let names = reach::pod_names(&base, &trust)?;
     if names.listing.truncated {
         crate::error::report(format!(
             "more than {} names look like container-runs of this pod: only the first are asked",

@@ -39,7 +39,7 @@ pub struct ProbeArgs {
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let args: ProbeArgs = parse(args, "container-run probe")?;
     let base = crate::cli::absolute(&args.base.base_dir)?;
-    let names = super::reach::pod_names(&base).ok();
+    let names = super::reach::pod_names(&base, &args.trust.trust()).ok();
     let target = Target::named(&base, &args.job, args.process.as_deref(), names.as_ref())?;
     match query(&target, args.trust.trust()) {
         Outcome::Done(status) if status.hold => Ok(crate::exit::OK),

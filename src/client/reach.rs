@@ -131,9 +131,12 @@ pub struct PodNames {
     pub listing: Listing,
 }
 
-/// `BASE/data`'s pod and its names now bound. A missing `BASE/data` is no
-/// error of the caller's: nothing runs there (exit 3).
-pub fn pod_names(base: &Path) -> Result<PodNames, Fatal> {
+/// `BASE/data`'s pod and its names now bound by a uid `trust` believes
+/// (names of other owners are left out before anything is asked: they
+/// cannot crowd the real ones out, cost time, or receive a command). A
+/// missing `BASE/data` is no error of the caller's: nothing runs there
+/// (exit 3).
+pub fn pod_names(base: &Path, trust: &datagram::Trust) -> Result<PodNames, Fatal> {
     let data = base.join("data");
     let pod = crate::rendezvous::pod_of(base).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Fatal::NoAnswer(format!(
@@ -146,7 +149,7 @@ pub fn pod_names(base: &Path) -> Result<PodNames, Fatal> {
             os_phrase(&e)
         )),
     })?;
-    let listing = pod.list().map_err(|e| {
+    let listing = pod.list_believed(trust).map_err(|e| {
         Fatal::Setup(format!(
             "cannot list the pod's container-runs ({}): {}",
             "/proc/net/unix",

@@ -199,7 +199,7 @@ impl Selector {
         if self.all {
             return self.all_but(&base, trust);
         }
-        let names = super::reach::pod_names(&base).ok();
+        let names = super::reach::pod_names(&base, &trust).ok();
         let mut targets: Vec<Target> = Vec::new();
         for text in &self.targets {
             let paths = target_paths(&base, text, self.process.as_deref())?;
