@@ -21,6 +21,7 @@ Other modes of the same binary:
   container-run monit summary|status|start|stop|restart|monitor|unmonitor [NAME|all]
   container-run probe JOB [-p PROCESS] -- CHECK [ARG...]
   container-run install DIR   (copy this binary to DIR/container-run)
+  container-run logs [--rotate-size SIZE] [--keep N]   (stream and rotate BASE/sys/log)
   (each has its own --help, or `container-run help MODE`; invoked as `bpm`
   or `monit`, the binary is that command)
 
@@ -214,6 +215,7 @@ pub fn command_tree() -> clap::Command {
         .subcommand(crate::client::monit::MonitArgs::command().name("monit"))
         .subcommand(crate::client::probe::ProbeArgs::command().name("probe"))
         .subcommand(crate::install::InstallArgs::command().name("install"))
+        .subcommand(crate::logs::LogsArgs::command().name("logs"))
         .args_conflicts_with_subcommands(true)
         .subcommand_negates_reqs(true)
 }

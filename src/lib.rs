@@ -11,6 +11,7 @@ pub mod error;
 pub mod exit;
 pub mod install;
 pub mod logger;
+pub mod logs;
 pub mod machine;
 pub mod paths;
 pub mod peers;

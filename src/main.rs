@@ -1,5 +1,5 @@
-//! Dispatch to the supervisor, `ctl`, `bpm`, `monit`, `probe` or
-//! `install`, and the one place where errors (and help, which is no error)
+//! Dispatch to the supervisor, `ctl`, `bpm`, `monit`, `probe`, `install`
+//! or `logs`, and the one place where errors (and help, which is no error)
 //! become output and exit codes.
 
 use std::ffi::OsString;
@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             Some("probe") => client::probe::main(args[1..].to_vec()),
             Some("help") => help(&args),
             Some("install") => container_run::install::main(args[1..].to_vec()),
+            Some("logs") => container_run::logs::main(args[1..].to_vec()),
             _ => run(args),
         }
     };
@@ -64,6 +65,7 @@ fn help(args: &[OsString]) -> Result<u8, Fatal> {
         Some("monit") => client::monit::main(vec!["monit".into(), flag()]),
         Some("probe") => client::probe::main(vec!["probe".into(), flag()]),
         Some("install") => container_run::install::main(vec!["install".into(), flag()]),
+        Some("logs") => container_run::logs::main(vec!["logs".into(), flag()]),
         _ => run(vec![args[0].clone(), flag()]),
     }
 }

@@ -37,6 +37,8 @@ pub enum Verb {
     Running,
     /// Every job process of the pod: Name, Pid, Status (takes no JOB).
     List,
+    /// The last lines of the process's stdout.log (-e stderr, -a all), -f follows.
+    Logs,
 }
 
 #[derive(Debug, Parser)]
@@ -56,6 +58,8 @@ pub struct BpmArgs {
     pub process: Option<String>,
     #[command(flatten)]
     pub base: super::LinkedBaseDir,
+    #[command(flatten)]
+    pub logs: crate::logs::BpmLogsFlags,
 }
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
@@ -78,6 +82,10 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     };
     let target = Target::named(&base, job, args.process.as_deref())?;
     let paths = target.paths.clone().expect("a named target has paths");
+    if args.verb == Verb::Logs {
+        return crate::logs::bpm::bpm_logs(&base, &paths.job, &paths.process, &args.logs);
+    }
+    args.logs.only_with_logs()?;
     let outcome = match args.verb {
         Verb::Pid => return Ok(print_pid(&paths)),
         Verb::Running => return Ok(print_running(&target)),
@@ -85,7 +93,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
         Verb::Stop => send(&target, ControlCommand::Term, Goal::Reach(State::Stopped)),
         Verb::Term => send(&target, ControlCommand::Term, Goal::Ack),
         Verb::Quit => send(&target, ControlCommand::Quit, Goal::Ack),
-        Verb::List => unreachable!("list returned above"),
+        Verb::List | Verb::Logs => unreachable!("list and logs returned above"),
     };
     Ok(match outcome {
         Outcome::Done(_) => exit::OK,
