@@ -6,7 +6,7 @@
 //! Keeps: no wake-up and no CPU while nothing is written; SIGTERM/SIGINT
 //! end the mode only after what was appended has gone out.
 //!
-//! `tree` owns the directories and files, `follow` a file's stream and its
+//! `tree` owns the directories and files (`scope` says which and how many), `follow` a file's stream and its
 //! line splitter, `rotate` the rotation, `gzip` the compression, `out`
 //! stdout, `bpm` bpm's `logs` verb on the same parts.
 
@@ -15,6 +15,7 @@ mod follow;
 mod gzip;
 mod out;
 mod rotate;
+mod scope;
 mod tree;
 
 use std::collections::HashMap;
@@ -118,6 +119,18 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
             keep: args.keep,
         })
     });
+    let (files, dirs) = stream.tree.counts();
+    let rotation = match &stream.rotator {
+        Some(r) => format!(
+            "rotating past {} bytes, keeping {}",
+            r.policy.size, r.policy.keep
+        ),
+        None => "not rotating".into(),
+    };
+    log::info!(
+        "streaming {}: {files} files in {dirs} directories; {rotation}",
+        base.join("sys/log").display()
+    );
     stream.run()
 }
 
@@ -211,7 +224,8 @@ impl Stream {
             self.pump(id, TURN_READS, true);
         }
         for id in self.tree.take_ready() {
-            self.pump(id, TURN_READS, false);
+            let reads = self.reads_before_rotation(id);
+            self.pump(id, reads, false);
         }
         self.tree.reap(&mut self.out);
     }
@@ -230,6 +244,16 @@ impl Stream {
             ),
         }
         self.maybe_rotate(id);
+    }
+
+    /// A turn's reads, fewer when a rotation is near: rotated files come
+    /// out near the rotation size, not a turn's worth above it.
+    fn reads_before_rotation(&mut self, id: FileId) -> usize {
+        let (Some(rotator), Some(f)) = (&self.rotator, self.tree.file_mut(id)) else {
+            return TURN_READS;
+        };
+        let left = rotator.policy.size.saturating_sub(f.pos);
+        (left.div_ceil(follow::PIECE as u64) as usize).clamp(1, TURN_READS)
     }
 
     fn maybe_rotate(&mut self, id: FileId) {
