@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 #[path = "common/mod.rs"]
-pub mod common;
+pub(crate) mod common;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
