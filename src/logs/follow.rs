@@ -165,6 +165,41 @@ impl Followed {
     }
 }
 
+/// Lines of bytes read in chunks past `pos`, for the rotation's fallback,
+/// which must stream what it reads before its truncate removes it: an
+/// unfinished line waits here, never more than a piece.
+#[derive(Default)]
+pub struct Carry(Vec<u8>);
+
+impl Carry {
+    pub fn feed(&mut self, label: &[u8], data: &[u8], out: &mut Out) {
+        for part in data.split_inclusive(|&b| b == b'\n') {
+            self.0.extend_from_slice(part);
+            while self.0.len() >= PIECE {
+                out.record(label, &self.0[..PIECE]);
+                self.0.drain(..PIECE);
+            }
+            if part.last() == Some(&b'\n') && !self.0.is_empty() {
+                out.record(label, &self.0);
+                self.0.clear();
+            }
+        }
+    }
+
+    /// Bytes of the unfinished line.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The unfinished line, as a line: its file is about to lose it.
+    pub fn flush(&mut self, label: &[u8], out: &mut Out) {
+        if !self.0.is_empty() {
+            out.record(label, &self.0);
+            self.0.clear();
+        }
+    }
+}
+
 /// `pread` that retries an interrupted call.
 pub fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     loop {
@@ -232,6 +267,23 @@ mod tests {
             assert_eq!(got, want, "{content:?} {n}");
             std::fs::remove_file(p).unwrap();
         }
+    }
+
+    #[test]
+    fn the_carry_joins_chunks_into_lines_and_pieces() {
+        let mut out = Out::new(Style::Records);
+        let mut carry = Carry::default();
+        carry.feed(b"a", b"one\ntw", &mut out);
+        carry.feed(b"a", b"o\nthr", &mut out);
+        assert_eq!(carry.len(), 3);
+        carry.feed(b"a", &vec![b'z'; PIECE], &mut out);
+        assert_eq!(carry.len(), 3, "a piece went out");
+        carry.flush(b"a", &mut out);
+        assert_eq!(carry.len(), 0);
+        let mut want = b"a: one\na: two\na: thr".to_vec();
+        want.extend(vec![b'z'; PIECE - 3]);
+        want.extend(b"\na: zzz\n");
+        assert_eq!(out.pending(), &want[..]);
     }
 
     #[test]

@@ -93,6 +93,13 @@ impl Out {
     }
 }
 
+#[cfg(test)]
+impl Out {
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
 /// All of `bytes` to fd 1, waiting for room when it is non-blocking.
 fn write_stdout(mut bytes: &[u8]) -> io::Result<()> {
     // SAFETY: fd 1 stays open for the process's life; ManuallyDrop keeps

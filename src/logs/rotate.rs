@@ -21,13 +21,13 @@ use nix::fcntl::{FallocateFlags, OFlag, fallocate, openat, renameat};
 use nix::sys::stat::{Mode, fchmod};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, ftruncate, unlinkat};
 
-use super::follow::{FileId, Followed, PIECE, read_at};
+use super::follow::{Carry, FileId, Followed, PIECE, read_at};
 use super::gzip::Member;
 use super::out::Out;
 
-/// Rounds of "stream to the end, is anything more there?" before the
-/// fallback gives up on a writer that never pauses (and rotates later).
-const CATCH_UP_ROUNDS: usize = 64;
+/// Reads of the fallback before it gives up on a writer that never pauses
+/// (and rotates later): each one finds what arrived during the last.
+const CATCH_UP_READS: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -136,10 +136,11 @@ impl Rotator {
         }
     }
 
-    /// The fallback: stream and copy up to the end, and truncate right
-    /// after a read that found nothing more: what a writer appends between
-    /// that read and the truncate is lost (the rotation's log line says
-    /// so). A second gzip member holds what followed the cut.
+    /// The fallback: read on to the end, each chunk into the rotated file
+    /// and to stdout, and truncate right after the read that found nothing
+    /// more: what a writer appends between that read and the truncate is
+    /// lost (the rotation's log line says so). A second gzip member holds
+    /// what followed the cut.
     fn catch_up_and_truncate(
         &mut self,
         cut: &mut Cut,
@@ -147,18 +148,23 @@ impl Rotator {
         out: &mut Out,
     ) -> io::Result<u64> {
         let mut member = Member::new(tmp);
-        let mut copied = cut.at;
-        for _ in 0..CATCH_UP_ROUNDS {
-            cut.f.pump(&mut self.buf, out, usize::MAX, true)?;
-            self.copy(&cut.f.file, copied, cut.f.pos, &mut member)?;
-            copied = cut.f.pos;
-            if read_at(&cut.f.file, &mut self.buf[..1], copied)? == 0 {
+        self.copy(&cut.f.file, cut.at, cut.f.pos, &mut member)?;
+        let (mut at, mut carry) = (cut.f.pos, Carry::default());
+        for _ in 0..CATCH_UP_READS {
+            let n = read_at(&cut.f.file, &mut self.buf, at)?;
+            if n == 0 {
                 ftruncate(cut.live.as_fd(), 0)?;
+                carry.flush(&cut.f.label, out);
                 cut.f.restart();
                 member.finish()?;
-                return Ok(copied);
+                return Ok(at);
             }
+            member.write(&self.buf[..n])?;
+            carry.feed(&cut.f.label, &self.buf[..n], out);
+            at += n as u64;
         }
+        // Nothing truncated; what went out here is not streamed again.
+        cut.f.pos = at - carry.len() as u64;
         Err(io::Error::other(
             "its writer never paused: not rotated this time",
         ))
