@@ -111,14 +111,7 @@ impl Followed {
             out.raw(&self.label, data);
             return data.len();
         }
-        let mut used = 0;
-        for line in data.split_inclusive(|&b| b == b'\n') {
-            if line.last() != Some(&b'\n') {
-                break;
-            }
-            out.record(&self.label, line);
-            used += line.len();
-        }
+        let mut used = out.lines(&self.label, data);
         // A full piece without a newline is a piece of a long line.
         if (used == 0 && data.len() == PIECE) || (whole && used < data.len()) {
             out.record(&self.label, &data[used..]);
@@ -271,7 +264,7 @@ mod tests {
 
     #[test]
     fn the_carry_joins_chunks_into_lines_and_pieces() {
-        let mut out = Out::new(Style::Records);
+        let mut out = Out::held(Style::Records);
         let mut carry = Carry::default();
         carry.feed(b"a", b"one\ntw", &mut out);
         carry.feed(b"a", b"o\nthr", &mut out);
@@ -293,7 +286,7 @@ mod tests {
         let id = FileId::of(&f.metadata().unwrap());
         let mut fol = Followed::new(f, id, b"x.log".to_vec(), 0);
         let mut buf = vec![0u8; PIECE];
-        let mut out = Out::new(Style::Records);
+        let mut out = Out::held(Style::Records);
         w.write_all(b"one\ntw").unwrap();
         assert_eq!(fol.pump(&mut buf, &mut out, 8, false).unwrap(), Pumped::Eof);
         assert_eq!(fol.pos, 4);
