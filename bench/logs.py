@@ -107,6 +107,7 @@ def throughput_run(tool, args, data, nlines, work):
             time.sleep(0.5)  # tail has no readiness signal; it idles meanwhile
         else:
             wait("the streaming line", lambda: "streaming" in open(err.name).read(), 20)
+        want += reader.count()  # what cat read before: its libraries
         c0 = cpu_ns(proc.pid)
         t0 = time.monotonic()
         subprocess.run(["sh", "-c", 'cat "$1" >> "$2"', "sh", data, live], check=True)
