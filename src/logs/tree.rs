@@ -258,8 +258,13 @@ impl Tree {
         let Ok(meta) = file.metadata() else { return };
         let id = FileId::of(&meta);
         let rel = dir.rel.join(name);
-        if !meta.file_type().is_file() || dir.files.get(name) == Some(&id) {
+        if dir.files.get(name) == Some(&id) {
             return;
+        }
+        if !meta.file_type().is_file() {
+            // Swapped for a FIFO or device since the stat: O_NONBLOCK let
+            // the open return; whatever was followed at the name is gone.
+            return self.forget_child(wd, name);
         }
         // A second name of someone else's file: a hard link the job user
         // may have made to a file it cannot read.
