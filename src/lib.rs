@@ -12,6 +12,7 @@ pub mod error;
 pub mod exit;
 pub mod install;
 pub mod logger;
+pub mod logs;
 pub mod machine;
 pub mod modes;
 pub mod paths;

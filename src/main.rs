@@ -1,5 +1,5 @@
-//! Dispatch to the supervisor, `ctl`, `bpm`, `monit`, `probe` or
-//! `install`, and the one place where errors (and help, which is no error)
+//! Dispatch to the supervisor, `ctl`, `bpm`, `monit`, `probe`, `install`
+//! or `logs`, and the one place where errors (and help, which is no error)
 //! become output and exit codes.
 
 use std::ffi::OsString;
@@ -27,13 +27,14 @@ fn main() -> ExitCode {
         || invoked_as == "monit"
         || matches!(
             args.get(1).and_then(|a| a.to_str()),
-            Some(word) if word == "help" || mode(word).is_some()
+            Some("ctl" | "bpm" | "monit" | "probe" | "install" | "help")
         );
     if client_mode {
         // A reader that goes away (`| head`) ends a client quietly, as it
         // ends any command-line tool: by SIGPIPE, not by a panic on a
         // failed print. The supervisor keeps ignoring SIGPIPE (Rust's
-        // default): its writes are its own business.
+        // default): its writes are its own business; so does the logs
+        // mode, which ends on a closed stdout with exit 0 by itself.
         // SAFETY: resetting one disposition before any thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
@@ -72,12 +73,13 @@ type ModeMain = fn(Vec<OsString>) -> Result<u8, Fatal>;
 
 /// Every mode of the binary besides running a job, by the word that
 /// selects it: one table for dispatch, `help MODE` and the hints.
-const MODES: [(&str, ModeMain); 5] = [
+const MODES: [(&str, ModeMain); 6] = [
     ("ctl", client::ctl::main),
     ("bpm", client::bpm::main),
     ("monit", client::monit::main),
     ("probe", client::probe::main),
     ("install", container_run::install::main),
+    ("logs", container_run::logs::main),
 ];
 
 fn mode(word: &str) -> Option<ModeMain> {

@@ -16,6 +16,7 @@ pub fn command_tree() -> clap::Command {
         .subcommand(crate::client::monit::MonitArgs::command().name("monit"))
         .subcommand(crate::client::probe::ProbeArgs::command().name("probe"))
         .subcommand(crate::install::InstallArgs::command().name("install"))
+        .subcommand(crate::logs::LogsArgs::command().name("logs"))
         .args_conflicts_with_subcommands(true)
         .subcommand_negates_reqs(true)
 }

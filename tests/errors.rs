@@ -110,7 +110,7 @@ fn an_invalid_verb_lists_the_valid_ones() {
         as_bpm(&t, &["explode", "web"]),
         2,
         "bpm: invalid value 'explode' for <VERB>: expected one of start, stop, term, quit, \
-         pid, running, list (see bpm --help)",
+         pid, running, list, logs (see bpm --help)",
     );
 }
 

@@ -16,7 +16,7 @@ use crate::paths::Paths;
 mod usage;
 mod values;
 
-pub use usage::{help_word_to_flag, parse, usage_error};
+pub use usage::{help_word_to_flag, mode_bin_name, parse, usage_error};
 pub use values::{
     MAX_DURATION, is_close, parse_duration, parse_mode, parse_stop_signal, resolve_group,
 };
@@ -29,6 +29,7 @@ Other modes of the same binary:
   container-run monit summary|status|start|stop|restart|monitor|unmonitor [NAME|all]
   container-run probe JOB [-p PROCESS] -- CHECK [ARG...]
   container-run install DIR   (copy this binary to DIR/container-run)
+  container-run logs [--rotate-size SIZE] [--keep N]   (stream and rotate BASE/sys/log)
   (each has its own --help, or `container-run help MODE`; invoked as `bpm`
   or `monit`, the binary is that command)
 

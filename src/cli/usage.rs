@@ -143,6 +143,15 @@ pub fn help_word_to_flag(mut args: Vec<OsString>) -> Vec<OsString> {
     args
 }
 
+/// What usage lines call a mode: `bpm` when the binary is invoked as bpm
+/// (or `monit` as monit), `container-run bpm` otherwise.
+pub fn mode_bin_name(mode: &str) -> String {
+    match crate::error::program() {
+        p if p == mode => mode.to_string(),
+        other => format!("{other} {mode}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

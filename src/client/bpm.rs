@@ -35,6 +35,8 @@ pub enum Verb {
     Running,
     /// Every job process of the pod: Name, Pid, Status (takes no JOB).
     List,
+    /// The last lines of the process's stdout.log (-e stderr, -a all), -f follows.
+    Logs,
 }
 
 #[derive(Debug, Parser)]
@@ -56,6 +58,8 @@ pub struct BpmArgs {
     pub base: super::LinkedBaseDir,
     #[command(flatten)]
     pub trust: TrustArgs,
+    #[command(flatten)]
+    pub logs: crate::logs::BpmLogsFlags,
 }
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
@@ -63,22 +67,30 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let args: BpmArgs = parse(help_word_to_flag(args), &bin_name())?;
     let base = args.base.resolve(Path::new(&invoked_as), LINK);
     let trust = args.trust.trust();
-    let job = match (args.verb, args.job.as_deref()) {
-        (Verb::List, None) if args.process.is_none() => return list(&base, trust),
-        (Verb::List, _) => {
-            return Err(Fatal::Usage(format!(
+    if args.verb == Verb::List {
+        return match (&args.job, &args.process) {
+            (None, None) => list(&base, trust),
+            _ => Err(Fatal::Usage(format!(
                 "list takes no JOB or --process: it lists every job process (see {} --help)",
                 bin_name()
-            )));
-        }
-        (_, Some(job)) => job,
-        (_, None) => {
-            return Err(Fatal::Usage(format!(
-                "missing required argument: <JOB> (see {} --help)",
-                bin_name()
-            )));
-        }
+            ))),
+        };
+    }
+    let Some(job) = args.job.as_deref() else {
+        return Err(Fatal::Usage(format!(
+            "missing required argument: <JOB> (see {} --help)",
+            bin_name()
+        )));
     };
+    if args.verb == Verb::Logs {
+        let paths = crate::paths::Paths::new(
+            &crate::cli::absolute(&base)?,
+            job,
+            args.process.as_deref().unwrap_or(job),
+        )?;
+        return crate::logs::bpm::bpm_logs(&base, &paths.job, &paths.process, &args.logs);
+    }
+    args.logs.only_with_logs()?;
     let names = super::reach::pod_names(&crate::cli::absolute(&base)?, &trust).ok();
     let target = Target::named(&base, job, args.process.as_deref(), names.as_ref())?;
     let send = |cmd, goal| {
@@ -99,7 +111,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
         Verb::Stop => send(ControlCommand::Term, Goal::Reach(State::Stopped)),
         Verb::Term => send(ControlCommand::Term, Goal::Ack),
         Verb::Quit => send(ControlCommand::Quit, Goal::Ack),
-        Verb::List => return list(&base, trust),
+        Verb::List | Verb::Logs => unreachable!("list and logs return before"),
     };
     Ok(exit_for(&target, outcome))
 }
@@ -132,7 +144,7 @@ fn exit_for(target: &Target, outcome: Outcome) -> u8 {
 /// `bpm` when invoked as bpm, `container-run bpm` otherwise: what usage
 /// lines and error hints name.
 fn bin_name() -> String {
-    super::mode_bin_name("bpm")
+    crate::cli::mode_bin_name("bpm")
 }
 
 /// The pid as container-run itself tells it (SPEC section 6): the pidfile

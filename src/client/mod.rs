@@ -246,15 +246,6 @@ pub fn tabwrite<R: AsRef<[String]>>(rows: &[R], padding: usize) -> String {
     out
 }
 
-/// What usage lines call a mode: `bpm` when the binary is invoked as bpm
-/// (or `monit` as monit), `container-run bpm` otherwise.
-pub fn mode_bin_name(mode: &str) -> String {
-    match crate::error::program() {
-        p if p == mode => mode.to_string(),
-        other => format!("{other} {mode}"),
-    }
-}
-
 /// `--base-dir` of the compatibility commands (`bpm`, `monit`): without it
 /// (and without `CONTAINER_RUN_BASE_DIR`), BASE comes from the path of the
 /// link they were invoked through, else `/var/vcap`.

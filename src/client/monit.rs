@@ -82,7 +82,7 @@ pub enum Action {
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let invoked_as = args.first().cloned().unwrap_or_default();
-    let args: MonitArgs = parse(help_word_to_flag(args), &super::mode_bin_name("monit"))?;
+    let args: MonitArgs = parse(help_word_to_flag(args), &crate::cli::mode_bin_name("monit"))?;
     let base = args.base.resolve(Path::new(&invoked_as), LINK);
     let trust = args.trust.trust();
     let (members, unanswered) = super::pod(&base, trust)?;

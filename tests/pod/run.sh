@@ -6,7 +6,7 @@
 # whose /run, /dev/shm, /var/tmp and /var/lib/containers are tmpfs: the
 # machine's configuration and state are left alone. Every pod, container
 # and image is removed at the end. Needs root, podman, runc, catatonit,
-# busybox-static, dumb-init and jq (.ci/run installs them).
+# busybox-static, dumb-init, jq and gzip (.ci/run installs them).
 #
 #   tests/pod/run.sh [SCENARIO...]     default: all of them, in this order
 #
@@ -19,6 +19,10 @@
 #             after rep's drain is done (--drain-name, SPEC section 8)
 #   errand    the page's errand pod ends with the errand's status (--errand)
 #   dumb-init container-run under dumb-init: one SIGTERM per stop
+#   logs      a job writes its log file; the pod's logs container
+#             (container-run logs) shows every line in podman logs, once,
+#             in order, through rotations, and the rotated files and the
+#             live one hold every byte (SPEC section 11)
 #
 # Where podman cannot run a container at all, it says why and skips (exit
 # 0); with CI=true it fails. Ends with "N passed, N failed".
@@ -26,7 +30,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 page=docs/kubernetes.md
-all_scenarios=(page drain errand dumb-init)
+all_scenarios=(page drain errand dumb-init logs)
 scenarios=("${@:-${all_scenarios[@]}}")
 started=$SECONDS
 
@@ -40,7 +44,7 @@ cannot_run() {
   exit 0
 }
 
-for tool in podman runc catatonit busybox dumb-init jq; do
+for tool in podman runc catatonit busybox dumb-init jq gzip; do
   command -v "$tool" >/dev/null || cannot_run "$tool is not installed"
 done
 [ "$(id -u)" = 0 ] || cannot_run "needs root"
@@ -510,6 +514,66 @@ EOF
   [ "$(exit_code $ctr)" = 0 ] || fail "exit $(exit_code $ctr)"
   [ "$(count TERM "$signals")" = 2 ] || fail "SIGTERMs after podman stop: $(count TERM "$signals") in all"
   note "one SIGTERM per stop under dumb-init; exit 0"
+  podman pod rm -f -t 0 $pod >/dev/null 2>&1
+}
+
+# --- logs: the pod's log container streams and rotates a job's log -------
+scenario_logs() {
+  local pod=logger-0 yaml=$T/logs.yaml lines=40000
+  local job=logger-0-logger logs=logger-0-logs
+  cat >"$yaml" <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $pod
+spec:
+  volumes:
+    - name: data
+      emptyDir: {}
+    - name: sys
+      emptyDir: {}
+  containers:
+    - name: logger
+      image: localhost/crt-pod/jobs:1
+      command: ["$BAKED"]
+      args: ["--job-name=logger", "--", "/var/vcap/jobs/logger/bin/logger"]
+      env:
+        - { name: LOGGER_LINES, value: "$lines" }
+      volumeMounts:
+        - { name: data, mountPath: /var/vcap/data }
+        - { name: sys, mountPath: /var/vcap/sys }
+    - name: logs
+      image: localhost/crt-pod/jobs:1
+      command: ["$BAKED", "logs", "--rotate-size=64k", "--keep=1000"]
+      volumeMounts:
+        - { name: sys, mountPath: /var/vcap/sys }
+EOF
+  play "$yaml"
+  wait_until "the logs container watching" 30 sh -c "podman logs $logs 2>&1 | grep -q ': streaming '"
+  local data sys
+  data=$(mountpoint_of $job /var/vcap/data)
+  sys=$(mountpoint_of $logs /var/vcap/sys)
+  wait_until "the logger's directory" 30 test -d "$data/logger"
+  touch "$data/logger/go"
+  wait_until "the logger done" 60 test -e "$data/logger/done"
+  local last="logger/logger.stdout.log: logger line $((lines - 1))"
+  wait_until "the last line in podman logs" 60 sh -c "podman logs $logs 2>/dev/null | grep -q -x '$last'"
+  # Every line once, in order, in what kubectl logs would show.
+  seq 0 $((lines - 1)) | sed 's/^/logger line /' >"$T/written"
+  podman logs $logs 2>/dev/null | sed -n 's|^logger/logger.stdout.log: ||p' >"$T/streamed"
+  cmp -s "$T/written" "$T/streamed" ||
+    fail "podman logs differs from what was written: $(diff "$T/written" "$T/streamed" | head -5)"
+  # The rotated files, oldest first, then the live file: every byte once.
+  local dir=$sys/log/logger n
+  n=$(find "$dir" -name 'logger.stdout.log.*.gz' | wc -l)
+  [ "$n" -ge 5 ] || fail "only $n rotations: $(podman logs $logs 2>&1 | tail -3)"
+  for k in $(seq "$n" -1 1); do gzip -dc "$dir/logger.stdout.log.$k.gz"; done >"$T/kept"
+  cat "$dir/logger.stdout.log" >>"$T/kept"
+  cmp -s "$T/written" "$T/kept" || fail "rotated + live files differ from what was written"
+  [ "$(podman logs $logs 2>&1 | grep -c 'NOT LOSSLESS')" = 0 ] || fail "a rotation was not lossless"
+  note "$lines lines in podman logs once and in order; $n rotations, rotated + live files hold every byte"
+  expect 0 podman pod stop -t 30 $pod
+  [ "$(exit_code $logs)" = 0 ] || fail "the logs container exited $(exit_code $logs)"
   podman pod rm -f -t 0 $pod >/dev/null 2>&1
 }
 
