@@ -309,7 +309,7 @@ fn mistyped_modes_and_flags_get_a_hint() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
     }
     // Every mode has its help.
-    for mode in ["ctl", "bpm", "monit", "probe", "install"] {
+    for mode in ["ctl", "bpm", "monit", "probe", "install", "logs"] {
         let (code, out, err) = run_to_end(&[os("help"), os(mode)]);
         assert_eq!((code, err.as_str()), (0, ""), "{mode}");
         assert!(out.contains("Usage: "), "{mode}: {out}");
