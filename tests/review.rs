@@ -595,3 +595,126 @@ fn restart_never_reports_success_with_its_start_unsent() {
          (it received {got:?}): {out}{err}"
     );
 }
+
+/// ROUNDS times: connects PER_ROUND sockets of its own (kernel-chosen
+/// abstract addresses, so that replies can come back) to PATH, sends 20
+/// STATUS from each and never reads; waits (2 s at most) until a fresh
+/// socket holds PATH, then closes them. Prints how many rounds saw one.
+const UNREAD_ROUNDS: &str = r#"
+import os, socket, sys, time
+ready, path, rounds, per_round = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rotated = 0
+open(ready, 'w').close()
+for r in range(rounds):
+    before = os.stat(path).st_ino
+    keep = []
+    for i in range(per_round):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind('')
+        s.connect(path)
+        s.settimeout(1)
+        for _ in range(20):
+            try:
+                s.send(b'STATUS')
+            except OSError:
+                pass
+        keep.append(s)
+    end = time.time() + 2
+    while time.time() < end:
+        if os.stat(path).st_ino != before:
+            rotated += 1
+            break
+        time.sleep(0.001)
+    for s in keep:
+        s.close()
+print(rotated, flush=True)
+"#;
+
+/// socket/mod.rs `recv` gives the name to a fresh socket whenever peers
+/// connected to the named socket leave half its send buffer unread, with
+/// a warning each time: neither the take-back's spacing nor its counted
+/// warnings apply (issue 17, finding 2). A member of the socket's group
+/// who connects a few dozen sockets per round and never reads makes
+/// container-run re-bind its name and log a line per round, as often as
+/// it likes.
+#[test]
+fn a_rotation_by_unread_replies_costs_a_bounded_number_of_log_lines() {
+    if !require_root("to attack as another user") {
+        return;
+    }
+    let t = TempDir::new();
+    let base = job_owned_base(&t, &["a"]);
+    let atk = attacker_dir(&t);
+    let a = Run::builder(&base, "a")
+        .args(["--socket-group", "65534"])
+        .spawn([child()]);
+    a.wait_running();
+    let mut cmd = setpriv();
+    cmd.args([PYTHON, "-c", UNREAD_ROUNDS])
+        .arg(atk.join("ready-rotate"))
+        .arg(&a.files.socket)
+        .args(["8", "40"]);
+    let (code, printed, err) = output_with_deadline(cmd);
+    assert_eq!(code, 0, "the attack itself failed: {err}");
+    let rotated: u32 = printed.trim().parse().unwrap_or(0);
+    // Answered: the loop has logged whatever it was to log.
+    assert_eq!(a.status()["state"], "running");
+    let lines = a
+        .stderr_text()
+        .lines()
+        .filter(|l| l.contains("a fresh socket takes its name"))
+        .count();
+    assert!(
+        lines <= 2,
+        "{lines} warning lines (and as many re-binds of the name) while {rotated} rounds of 40 non-reading sockets ran"
+    );
+}
+
+/// Creates COUNT empty regular files named `pN_containerrun.sock` in DIR.
+const PLANT_FILES: &str = r#"
+import os, sys
+ready, d, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for i in range(count):
+    os.close(os.open(os.path.join(d, 'p%06d_containerrun.sock' % i), os.O_CREAT | os.O_WRONLY, 0o644))
+open(ready, 'w').close()
+"#;
+
+/// paths.rs `pod_sockets` collects a `Paths` (eleven paths, about 1 kB)
+/// for every `*_containerrun.sock` name under `BASE/data/*/` before
+/// `reach::left_behind` looks at what each is and who owns it: names the
+/// job's user plants in the directories it owns (plain files, not even
+/// sockets) cost every listing (`ctl status --all`, `monit summary`, `bpm
+/// list`, `ctl stop --all`) memory in proportion, about 1 kB a name (200
+/// MB for 200,000), and under a container's memory limit the client dies with
+/// "memory allocation failed" and a backtrace (SPEC 3: planted names; 7:
+/// never a backtrace).
+#[test]
+fn planted_socket_names_cost_a_listing_no_memory() {
+    if !require_root("to plant as another user") {
+        return;
+    }
+    let t = TempDir::new();
+    let base = job_owned_base(&t, &["a", "b"]);
+    let atk = attacker_dir(&t);
+    let a = Run::builder(&base, "a").spawn([child()]);
+    a.wait_running();
+    let mut plant = setpriv();
+    plant
+        .args([PYTHON, "-c", PLANT_FILES])
+        .arg(atk.join("planted"))
+        .arg(base.join("data/b"))
+        .arg("40000");
+    let (code, _, err) = output_with_deadline(plant);
+    assert_eq!(code, 0, "the attack itself failed: {err}");
+    // 24 MB of address space: the same listing without the planted names
+    // runs in 16.
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--as=25165824")
+        .arg(bin())
+        .args(["ctl", "status", "--all", "--base-dir"])
+        .arg(&base)
+        .env_remove("CONTAINER_RUN_BASE_DIR");
+    let (code, out, err) = output_with_deadline(cmd);
+    assert_eq!(code, 0, "ctl status --all: {err}");
+    assert!(out.lines().any(|l| l.starts_with("a ")), "{out}");
+}
