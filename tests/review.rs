@@ -7,7 +7,6 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -97,14 +96,10 @@ struct Attacker {
 }
 
 impl Attacker {
-    /// `python3 -c SCRIPT READY ARGS...` as uid 65534; returns once the
-    /// script has created READY.
-    fn python(dir: &Path, script: &str, args: &[&OsStr]) -> Attacker {
-        Self::python_pinned(dir, script, args, false)
-    }
-
-    /// The same, on the CPU of `on_one_cpu` when `pinned`.
-    fn python_pinned(dir: &Path, script: &str, args: &[&OsStr], pinned: bool) -> Attacker {
+    /// `python3 -c SCRIPT READY ARGS...` as uid 65534, on the CPU of
+    /// `on_one_cpu` when `pinned`; returns once the script has created
+    /// READY.
+    fn python(dir: &Path, script: &str, args: &[&OsStr], pinned: bool) -> Attacker {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let ready = dir.join(format!("ready{n}"));
         let err = dir.join(format!("err{n}"));
@@ -132,13 +127,6 @@ impl Attacker {
             ready.exists()
         });
         a
-    }
-
-    /// Wait for the script to end by itself; it must succeed.
-    fn finish(&mut self) {
-        let status = wait_for("the attacker finishes", || self.child.try_wait().unwrap());
-        let err = std::fs::read_to_string(&self.err).unwrap_or_default();
-        assert!(status.success(), "the attack itself failed: {err}");
     }
 }
 
@@ -271,14 +259,15 @@ fn a_flood_of_answers_at_the_barrier_cannot_hold_container_run_past_its_deadline
     // 64 kB of JSON per answer, most of it an unknown field that the
     // parser must walk: a few milliseconds of container-run's time each
     // (0.3 ms in a release build), and the queue holds about ten.
-    let line = status_line("a", "p").replacen('{', &format!("{{\"z\":[{}0],", "0,".repeat(31_800)), 1);
+    let line =
+        status_line("a", "p").replacen('{', &format!("{{\"z\":[{}0],", "0,".repeat(31_800)), 1);
     let flood_args = [
         name_file.as_os_str(),
         OsStr::new("60"),
         OsStr::new("16"),
         OsStr::new(&line),
     ];
-    let _flood = Attacker::python_pinned(&atk, FLOOD_ANSWERS, &flood_args, true);
+    let _flood = Attacker::python(&atk, FLOOD_ANSWERS, &flood_args, true);
     // Point the flood at each round's question socket as it appears,
     // until container-run has exited (its deadline is 2 s away).
     let mut last = String::new();
@@ -717,4 +706,29 @@ fn planted_socket_names_cost_a_listing_no_memory() {
     let (code, out, err) = output_with_deadline(cmd);
     assert_eq!(code, 0, "ctl status --all: {err}");
     assert!(out.lines().any(|l| l.starts_with("a ")), "{out}");
+}
+
+/// session.rs `on_reply` fails every `Goal::Reach(Running)` whose answer
+/// says container-run is exiting, with "START ignored", also for `ctl
+/// wait --until running`, which sends no START: while a job drains after
+/// SIGTERM, which every client treats as running (SPEC 8), `ctl wait x
+/// --until running` exits 1 saying a START it never sent was ignored.
+#[test]
+fn wait_until_running_holds_for_a_draining_job() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TempDir::new();
+    let drain = t.file("drain");
+    std::fs::write(&drain, "#!/bin/sh\necho 60\n").unwrap();
+    std::fs::set_permissions(&drain, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let x = Run::builder(t.path(), "x")
+        .arg("--drain-name")
+        .arg(&drain)
+        .spawn([child()]);
+    x.wait_running();
+    x.signal(libc::SIGTERM);
+    x.wait_state("draining");
+    let (code, _, _) = client(t.path(), "bpm", &["running", "x"]);
+    assert_eq!(code, 0, "bpm running: a draining job runs");
+    let (code, out, err) = client(t.path(), "ctl", &["wait", "x", "--until", "running"]);
+    assert_eq!(code, 0, "ctl wait --until running: {out}{err}");
 }
