@@ -65,37 +65,6 @@ pub fn validate_name(what: &str, name: &str) -> Result<String, Fatal> {
     Ok(name.to_string())
 }
 
-/// Every container-run of the pod: the `Paths` of each
-/// `BASE/data/JOB/PROCESS_containerrun.sock`, sorted by JOB then PROCESS,
-/// listed anew at each call. Names that are no valid JOB or PROCESS are
-/// skipped; an error only when `BASE/data` itself cannot be read.
-pub fn pod_sockets(base: &Path) -> std::io::Result<Vec<Paths>> {
-    let mut found = Vec::new();
-    for job in std::fs::read_dir(base.join("data"))?.flatten() {
-        // A link planted at a job's name is no job directory.
-        if !job.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let Ok(files) = std::fs::read_dir(job.path()) else {
-            continue;
-        };
-        let job = job.file_name();
-        for f in files.flatten() {
-            let name = f.file_name();
-            let process = name
-                .to_str()
-                .and_then(|n| n.strip_suffix("_containerrun.sock"));
-            if let (Some(job), Some(process)) = (job.to_str(), process)
-                && let Ok(paths) = Paths::new(base, job, process)
-            {
-                found.push(paths);
-            }
-        }
-    }
-    found.sort_by(|a, b| (&a.job, &a.process).cmp(&(&b.job, &b.process)));
-    Ok(found)
-}
-
 pub fn check_socket_len(socket: &Path) -> Result<(), Fatal> {
     let len = socket.as_os_str().len();
     if len > SOCKET_PATH_MAX {

@@ -41,6 +41,10 @@ use crate::machine::Peers;
 use crate::protocol::{Drain, MAX_DATAGRAM, State, Status};
 use crate::rendezvous::{Listing, Pod};
 
+/// Datagrams read from one peer's socket before the loop looks at its
+/// deadlines again.
+const READS_PER_TURN: usize = 64;
+
 /// How long a peer has to answer a round.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
@@ -156,11 +160,11 @@ fn key_of(name: &[u8]) -> Option<Key> {
 }
 
 impl Barrier {
-    pub fn new(pod: Pod, own: Vec<u8>) -> Barrier {
+    pub fn new(pod: Pod, own: Vec<u8>, trust: Trust) -> Barrier {
         Barrier {
             pod,
             own,
-            trust: Trust::new(None),
+            trust,
             held: BTreeMap::new(),
             round: None,
             warned: Limited::default(),
@@ -284,32 +288,44 @@ impl Barrier {
         Some(self.tally(round.settling))
     }
 
+    /// Read what peer `i`'s socket holds: at most `READS_PER_TURN`
+    /// datagrams, so that strangers flooding it (its kernel-chosen name is
+    /// listed, and anyone may send there) cannot keep the loop from its
+    /// deadlines; an answer whose sender is not believed is counted, never
+    /// parsed, never quoted.
     fn read_answers(&mut self, round: &mut Round, i: usize, buf: &mut [u8]) {
-        while !round.asks[i].settled {
+        for _ in 0..READS_PER_TURN {
             let ask = &round.asks[i];
+            if ask.settled {
+                return;
+            }
             let got = match datagram::recv(ask.sock.as_fd(), buf) {
                 Ok(Some(got)) => got,
                 Ok(None) | Err(_) => return,
             };
             let cred = got.peer.cred;
-            let trusted = self.trust.believes(cred.as_ref());
+            if !self.trust.believes(cred.as_ref()) {
+                if round.ignored == 0 {
+                    log::warn!(
+                        "ignoring an answer from {}: not from root or container-run's uid",
+                        datagram::sender_words(cred.as_ref())
+                    );
+                }
+                round.ignored += 1;
+                continue;
+            }
             let status = (got.len <= buf.len())
                 .then(|| Status::from_line(&buf[..got.len]))
                 .flatten();
-            match status {
-                // Only a trusted reply line settles a peer: anything else
-                // must not end the round before the real peer answered.
-                Some(status) if trusted => {
-                    let key = ask.key.clone();
-                    round.asks[i].settle(&round.epoll);
-                    self.remember(key, &status, round.settling);
-                }
-                other => {
-                    if round.ignored == 0 {
-                        log_ignored(other.as_ref(), cred.as_ref(), trusted);
-                    }
-                    round.ignored += 1;
-                }
+            // Only a reply line settles a peer: junk must not end the round
+            // before the real peer answered.
+            if let Some(status) = status {
+                let key = ask.key.clone();
+                round.asks[i].settle(&round.epoll);
+                self.remember(key, &status, round.settling);
+            } else if round.ignored == 0 {
+                log::warn!("ignoring an answer that is no reply line");
+                round.ignored += 1;
             }
         }
     }
@@ -368,21 +384,6 @@ impl Barrier {
             }
         }
         peers
-    }
-}
-
-fn log_ignored(status: Option<&Status>, cred: Option<&datagram::Cred>, trusted: bool) {
-    let who = status.map_or_else(
-        || "an answer that is no reply line".to_string(),
-        |s| format!("an answer that claims to be {}/{}", s.job, s.process),
-    );
-    if trusted {
-        log::warn!("ignoring {who}");
-    } else {
-        log::warn!(
-            "ignoring {who}: it came from {}, not from root or container-run's uid",
-            datagram::sender_words(cred)
-        );
     }
 }
 

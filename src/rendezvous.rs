@@ -104,6 +104,8 @@ pub struct Listing {
     pub strangers: usize,
     pub stranger_uid: Option<u32>,
     pub truncated: bool,
+    /// The names taken, to drop repeats without a scan of `names`.
+    seen: std::collections::HashSet<Vec<u8>>,
 }
 
 impl Listing {
@@ -117,13 +119,14 @@ impl Listing {
             self.stranger_uid.get_or_insert(uid);
             return;
         }
-        if self.names.contains(&name) {
+        if self.seen.contains(&name) {
             return;
         }
         if self.names.len() == MAX_LISTED {
             self.truncated = true;
             return;
         }
+        self.seen.insert(name.clone());
         self.names.push(name);
         self.owners.push(owner);
     }

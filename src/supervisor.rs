@@ -114,7 +114,11 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
         )
     })?;
     let socket = ControlSocket::bind(paths, &pod, cfg.socket_mode, cfg.socket_group)?;
-    let barrier = Barrier::new(pod, socket.rendezvous_name().to_vec());
+    let barrier = Barrier::new(
+        pod,
+        socket.rendezvous_name().to_vec(),
+        crate::datagram::Trust::new(cfg.trust_uid),
+    );
     // Left by a container-run that was killed: nothing runs now.
     if let Err(e) = state_files::remove_run_files(paths) {
         return Err(Fatal::setup("cannot remove stale run files", e));
@@ -230,7 +234,10 @@ impl Supervisor {
                 }
                 ready
             };
-            if ready[2] && self.socket.on_watch_event(Instant::now()).marker {
+            if ready[2] {
+                self.socket.on_watch_event(Instant::now());
+                // Whatever the events said (an overflow names nothing):
+                // one look at the marker per wake-up.
                 self.guard_hold();
             }
             self.socket.on_deadline(Instant::now());

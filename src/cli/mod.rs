@@ -175,6 +175,15 @@ pub struct RunArgs {
     )]
     pub stop_signal: Signal,
 
+    /// Also believe this uid's answers at the drain barrier (peers that
+    /// run as another user) [believed always: root and container-run's uid].
+    #[arg(
+        long = "trust-uid",
+        value_name = "UID",
+        env = "CONTAINER_RUN_TRUST_UID"
+    )]
+    pub trust_uid: Option<u32>,
+
     /// The job's command and its arguments.
     #[arg(value_name = "COMMAND", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,
@@ -192,6 +201,27 @@ pub struct BaseDir {
         default_value = "/var/vcap"
     )]
     pub base_dir: PathBuf,
+}
+
+/// `--trust-uid`: whose answers a client believes besides root and its
+/// own uid (SPEC section 3).
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct TrustArgs {
+    /// Also believe answers from this uid (a container-run that runs as
+    /// another user) [believed always: root and this client's own uid].
+    #[arg(
+        long = "trust-uid",
+        value_name = "UID",
+        env = "CONTAINER_RUN_TRUST_UID",
+        global = true
+    )]
+    pub trust_uid: Option<u32>,
+}
+
+impl TrustArgs {
+    pub fn trust(&self) -> crate::datagram::Trust {
+        crate::datagram::Trust::new(self.trust_uid)
+    }
 }
 
 /// The job's command line: a program and its arguments, never empty.
@@ -234,6 +264,8 @@ pub struct RunConfig {
     pub stop_signal: Signal,
     pub socket_mode: u32,
     pub socket_group: Option<u32>,
+    /// Whose answers the barrier believes besides root and its own uid.
+    pub trust_uid: Option<u32>,
     pub debug: bool,
 }
 
@@ -281,6 +313,7 @@ impl RunArgs {
                 .as_deref()
                 .map(resolve_group)
                 .transpose()?,
+            trust_uid: self.trust_uid,
             debug: self.debug,
         })
     }

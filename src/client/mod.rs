@@ -11,6 +11,7 @@ pub mod probe;
 pub mod reach;
 pub mod session;
 
+pub use crate::cli::TrustArgs;
 pub use session::{ANSWER_TIMEOUT, Drive};
 
 use std::path::{Path, PathBuf};
@@ -62,14 +63,28 @@ impl Target {
         }
     }
 
-    /// A rendezvous name found in a listing, before it has said who it is.
-    fn listed(name: Vec<u8>) -> Target {
-        let place = reach::Place::Abstract(name);
+    /// A rendezvous name found in a listing, before it has said who it is;
+    /// `paths` when a socket file of the pod names it.
+    fn listed(name: &[u8], paths: Option<&Paths>) -> Target {
+        let place = reach::Place::Abstract(name.to_vec());
         Target {
-            label: place.shown(),
-            paths: None,
+            label: paths.map_or_else(
+                || place.shown(),
+                |p| escape(&format!("{}/{}", p.job, p.process)),
+            ),
+            paths: paths.cloned(),
             by_socket: false,
             reach: reach::Reach::At(vec![place]),
+        }
+    }
+
+    /// A socket file without a rendezvous name: asked at its path.
+    fn left_behind(paths: &Paths) -> Target {
+        Target {
+            label: escape(&format!("{}/{}", paths.job, paths.process)),
+            reach: reach::named(paths, None),
+            paths: Some(paths.clone()),
+            by_socket: false,
         }
     }
 }
@@ -102,12 +117,13 @@ pub struct Member {
 
 /// Every container-run of the pod: each rendezvous name is asked for its
 /// STATUS and shown under the JOB/PROCESS it answers with, when the answer
-/// is believed. Socket files under `BASE/data` that a believed uid left
-/// without a rendezvous name (a container-run killed outright, or one that
-/// hangs) are asked at their path and shown under their names. Names that
-/// did not answer, or whose answer is not believed, are said on stderr,
-/// never shown as jobs. `Ok` with the members, sorted by JOB then PROCESS,
-/// and how many listed names went unanswered.
+/// is believed, or, when it does not answer, under the JOB/PROCESS of the
+/// socket file it left (`reach::owner_of`). Socket files without a
+/// rendezvous name (a container-run killed outright, or one that hangs)
+/// are asked at their path and shown under their names. A name that
+/// neither answers nor can be named is said on stderr, never shown as a
+/// job. `Ok` with the members, sorted by JOB then PROCESS, and how many
+/// names went unaccounted for.
 pub fn pod(base: &Path, trust: datagram::Trust) -> Result<(Vec<Member>, usize), Fatal> {
     let base = crate::cli::absolute(base)?;
     let names = reach::pod_names(&base, &trust)?;
@@ -117,21 +133,20 @@ pub fn pod(base: &Path, trust: datagram::Trust) -> Result<(Vec<Member>, usize), 
             crate::rendezvous::MAX_LISTED
         ));
     }
-    let listed = names.listing.names.len();
-    let mut targets: Vec<Target> = names
+    let files = reach::socket_files(&base, &trust);
+    let mut targets: Vec<(Target, bool)> = names
         .listing
         .names
         .iter()
-        .cloned()
-        .map(Target::listed)
+        .map(|n| (Target::listed(n, reach::owner_of(n, &names, &files)), true))
         .collect();
-    for paths in reach::left_behind(&base, &names, &trust) {
-        targets.push(Target {
-            label: escape(&format!("{}/{}", paths.job, paths.process)),
-            reach: reach::named(&paths, None),
-            paths: Some(paths),
-            by_socket: false,
-        });
+    for paths in &files {
+        if !names
+            .listing
+            .contains_prefix(&names.pod.prefix_for(&paths.job, &paths.process))
+        {
+            targets.push((Target::left_behind(paths), false));
+        }
     }
     let outcomes = Drive {
         commands: &[ControlCommand::Status],
@@ -140,24 +155,32 @@ pub fn pod(base: &Path, trust: datagram::Trust) -> Result<(Vec<Member>, usize), 
         trust,
         interrupt: None,
     }
-    .run(&targets);
+    .run(&targets.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>());
     let mut members: Vec<Member> = Vec::new();
-    let mut unanswered = 0;
-    for (i, (target, outcome)) in targets.into_iter().zip(outcomes).enumerate() {
-        match member(&base, target, outcome, i < listed) {
-            Ok(m)
-                if members
-                    .iter()
-                    .any(|o| (&o.job, &o.process) == (&m.job, &m.process)) => {}
-            Ok(m) => members.push(m),
+    let mut unaccounted = 0;
+    for ((target, listed), outcome) in targets.into_iter().zip(outcomes) {
+        match member(&base, target, outcome, listed) {
+            Ok(m) => add_member(&mut members, m),
             Err(line) => {
                 crate::error::report(line);
-                unanswered += 1;
+                unaccounted += 1;
             }
         }
     }
     members.sort_by(|a, b| (&a.job, &a.process).cmp(&(&b.job, &b.process)));
-    Ok((members, unanswered))
+    Ok((members, unaccounted))
+}
+
+/// One row per JOB/PROCESS: an answer wins over a silence.
+fn add_member(members: &mut Vec<Member>, m: Member) {
+    match members
+        .iter_mut()
+        .find(|o| (&o.job, &o.process) == (&m.job, &m.process))
+    {
+        Some(old) if !matches!(old.outcome, Outcome::Done(_)) => *old = m,
+        Some(_) => {}
+        None => members.push(m),
+    }
 }
 
 /// A target of the pod's listing as a member, or the error line that says
@@ -168,14 +191,18 @@ fn member(
     outcome: Outcome,
     listed: bool,
 ) -> Result<Member, String> {
+    // A silence keeps the row of a name the pod's files tell; a refusal
+    // (no right to ask) or another failure is said, never shown as a job.
     let (job, process) = match (&outcome, &target.paths) {
         (Outcome::Done(s), _) => (s.job.clone(), s.process.clone()),
-        (_, Some(paths)) if !listed => (paths.job.clone(), paths.process.clone()),
+        (Outcome::NoAnswer(_) | Outcome::TimedOut(_), Some(paths)) => {
+            (paths.job.clone(), paths.process.clone())
+        }
         _ => return Err(format!("{}: {}", target.label, outcome_words(&outcome))),
     };
     let gone = !listed && matches!(target.reach, reach::Reach::Nowhere(Outcome::NoAnswer(_)));
-    if listed {
-        target.label = escape(&format!("{job}/{process}"));
+    target.label = escape(&format!("{job}/{process}"));
+    if target.paths.is_none() {
         target.paths = Paths::new(base, &job, &process).ok();
     }
     Ok(Member {
@@ -286,8 +313,9 @@ pub enum Goal {
     Reach(State),
     /// Running again after a stop: more starts than the first reply showed.
     Restarted,
-    /// The job's process `pid` is no longer running (what a QUIT did).
-    Ends(i32),
+    /// The job's process of the first answer no longer runs (what a QUIT
+    /// did).
+    JobEnds,
 }
 
 impl Goal {
@@ -295,6 +323,8 @@ impl Goal {
     pub fn reached(self, status: &Status, first: Option<&Status>) -> bool {
         match self {
             Goal::Ack => true,
+            // Every client counts a draining job as running (SPEC 8).
+            Goal::Reach(State::Running) => status.state.is_up() && !status.pending_start,
             Goal::Reach(state) => {
                 (status.state == state && !status.pending_start)
                     || (state == State::Stopped && job_gone_drain_finishing(status))
@@ -304,7 +334,7 @@ impl Goal {
                     && !status.pending_start
                     && first.is_some_and(|f| status.starts > f.starts)
             }
-            Goal::Ends(pid) => status.pid != Some(pid) || !main_process_lives(status),
+            Goal::JobEnds => !main_process_lives(status) || status.pid != first.and_then(|f| f.pid),
         }
     }
 }
@@ -370,27 +400,6 @@ pub fn query(target: &Target, trust: datagram::Trust) -> Outcome {
     }
     .run(std::slice::from_ref(target))
     .remove(0)
-}
-
-/// `--trust-uid`: whose answers a client believes besides root and its
-/// own uid (SPEC section 3).
-#[derive(Debug, Clone, Copy, clap::Args)]
-pub struct TrustArgs {
-    /// Also believe answers from this uid (a container-run that runs as
-    /// another user) [believed always: root and this client's own uid].
-    #[arg(
-        long = "trust-uid",
-        value_name = "UID",
-        env = "CONTAINER_RUN_TRUST_UID",
-        global = true
-    )]
-    pub trust_uid: Option<u32>,
-}
-
-impl TrustArgs {
-    pub fn trust(&self) -> datagram::Trust {
-        datagram::Trust::new(self.trust_uid)
-    }
 }
 
 /// A duration as an operator writes it: `0s`, `200ms`, `30s`, `1m30s`, `2h`.

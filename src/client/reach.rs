@@ -235,28 +235,55 @@ fn at_file(place: Place, by_path: bool) -> Reach {
     Reach::Nowhere(Outcome::NoAnswer(why))
 }
 
-/// Socket files under `BASE/data/*/` without a rendezvous name of their
-/// JOB/PROCESS (a container-run killed outright, or one that hangs): owned
-/// by a uid the client believes (a job user's planted name is no
-/// container-run of the pod), a socket, not a link.
-pub fn left_behind(base: &Path, names: &PodNames, trust: &datagram::Trust) -> Vec<Paths> {
+/// Socket files under `BASE/data/*/` that a believed uid owns: what
+/// container-runs of the pod leave beside their rendezvous names. Looked at
+/// as they are read (the entry's type first, then its owner, without
+/// following a link), and at most `MAX_LISTED` kept, so that names the job
+/// user plants cost a listing neither memory nor time in proportion.
+pub fn socket_files(base: &Path, trust: &datagram::Trust) -> Vec<Paths> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    crate::paths::pod_sockets(base)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| {
-            let owner_trusted = std::fs::symlink_metadata(&p.socket).is_ok_and(|m| {
-                m.file_type().is_socket()
-                    && trust.believes(Some(&datagram::Cred {
-                        pid: 0,
-                        uid: m.uid(),
-                        gid: m.gid(),
-                    }))
-            });
-            owner_trusted
-                && !names
-                    .listing
-                    .contains_prefix(&names.pod.prefix_for(&p.job, &p.process))
-        })
-        .collect()
+    let mut found = Vec::new();
+    let Ok(jobs) = std::fs::read_dir(base.join("data")) else {
+        return found;
+    };
+    for job in jobs.flatten() {
+        // A link planted at a job's name is no job directory.
+        if !job.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(job.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            if found.len() == crate::rendezvous::MAX_LISTED {
+                return found;
+            }
+            let name = f.file_name();
+            let Some(process) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix("_containerrun.sock"))
+            else {
+                continue;
+            };
+            let believed = f.file_type().is_ok_and(|t| t.is_socket())
+                && std::fs::symlink_metadata(f.path())
+                    .is_ok_and(|m| m.file_type().is_socket() && trust.believes_uid(m.uid()));
+            if believed
+                && let Some(job) = job.file_name().to_str()
+                && let Ok(paths) = Paths::new(base, job, process)
+            {
+                found.push(paths);
+            }
+        }
+    }
+    found
+}
+
+/// JOB/PROCESS of a rendezvous name, from the socket files the pod's
+/// container-runs left (`socket_files`): how a name that does not answer
+/// keeps its row.
+pub fn owner_of<'a>(name: &[u8], names: &PodNames, files: &'a [Paths]) -> Option<&'a Paths> {
+    files
+        .iter()
+        .find(|p| name.starts_with(names.pod.prefix_for(&p.job, &p.process).as_bytes()))
 }

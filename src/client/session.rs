@@ -23,7 +23,7 @@ use super::reach::{Opened, Place, Reach};
 use super::{Goal, Outcome, Seen, Target};
 use crate::datagram::{self, Cred, Trust};
 use crate::error::os_phrase;
-use crate::protocol::{ControlCommand, Reply, State, Status};
+use crate::protocol::{ControlCommand, Reply, Status};
 
 /// How long a live container-run may take to answer a datagram before it is
 /// reported as not answering.
@@ -103,7 +103,9 @@ impl Drive<'_> {
         // Bounded: every turn either opens sessions, waits until the next
         // deadline, or consumes what arrived.
         loop {
-            while next < targets.len() && open_count(&sessions) < limit {
+            while next < targets.len() && fds_in_use(&sessions) + fds_for(&targets[next]) <= limit
+                || next < targets.len() && open_count(&sessions) == 0
+            {
                 match self.open(&targets[next]) {
                     Ok(s) => sessions[next] = Some(s),
                     Err(outcome) => outcomes[next] = Some(outcome),
@@ -258,7 +260,21 @@ fn open_count(sessions: &[Option<Session>]) -> usize {
     sessions.iter().filter(|s| s.is_some()).count()
 }
 
-/// Sessions open at once: `MAX_OPEN`, fewer under a low fd limit.
+/// Fds a session holds: a reply socket, a waiter and, for a socket file,
+/// the file itself, per place.
+fn fds_for(target: &Target) -> usize {
+    match &target.reach {
+        Reach::At(places) => 3 * places.len(),
+        Reach::Nowhere(_) => 0,
+    }
+}
+
+fn fds_in_use(sessions: &[Option<Session>]) -> usize {
+    sessions.iter().flatten().map(|s| 3 * s.lines.len()).sum()
+}
+
+/// Fds the open sessions may hold together: `MAX_OPEN` sessions of one
+/// place, fewer under a low fd limit.
 fn open_limit() -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 1024,
@@ -267,7 +283,7 @@ fn open_limit() -> usize {
     // SAFETY: getrlimit writes one rlimit.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     let soft = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
-    (soft.saturating_sub(32) / 6).clamp(1, MAX_OPEN)
+    soft.saturating_sub(32).clamp(3, 3 * MAX_OPEN)
 }
 
 fn seen<'a>(
@@ -401,7 +417,9 @@ impl Session {
             let line = self.lines.swap_remove(j);
             self.lines = vec![line];
             self.pinned = true;
-            if self.commands != [ControlCommand::Status] {
+            // The probing STATUS was the command itself.
+            self.delivered = self.commands == [ControlCommand::Status];
+            if !self.delivered {
                 self.lines[0].pending = self.commands.iter().copied().collect();
                 self.sent_at = Instant::now();
                 self.flush(false);
@@ -417,7 +435,8 @@ impl Session {
         }
         // A START that container-run ignored because it is shutting down
         // (a drain, a SIGTERM, a crash) will never be reached: say so now.
-        if matches!(self.goal, Goal::Reach(State::Running) | Goal::Restarted) && status.exiting {
+        // (`wait` sends no START: a draining job is running to it.)
+        if self.commands.contains(&ControlCommand::Start) && status.exiting {
             self.outcome = Some(Outcome::Failed(format!(
                 "START ignored: container-run is shutting down ({})",
                 status.state.as_str()
@@ -425,7 +444,9 @@ impl Session {
             self.last = Some(status);
             return;
         }
-        if self.goal.reached(&status, self.first.as_ref()) {
+        // Reached only once every command went out: an answer to the first
+        // of two (TERM, START) says nothing of the second.
+        if self.delivered && self.goal.reached(&status, self.first.as_ref()) {
             self.outcome = Some(Outcome::Done(status.clone()));
         }
         self.last = Some(status);
@@ -436,17 +457,18 @@ impl Session {
         if self.outcome.is_some() {
             return;
         }
+        let answer_due = now >= self.opened_at + ANSWER_TIMEOUT;
         if self.last.is_none() {
-            if now >= self.opened_at + ANSWER_TIMEOUT {
+            if answer_due {
                 self.outcome = Some(self.unanswered());
             }
+        } else if !self.delivered && answer_due {
+            self.outcome = Some(self.undelivered());
         } else if now >= self.opened_at + timeout.min(crate::cli::MAX_DURATION) {
             self.outcome = Some(Outcome::TimedOut(self.last.clone()));
         }
-        if self.outcome.is_none()
-            && self.pinned
-            && self.last.is_some()
-            && now.duration_since(self.sent_at) >= RESEND_EVERY
+        // Also before a first answer: one that was lost is asked for again.
+        if self.outcome.is_none() && self.pinned && now.duration_since(self.sent_at) >= RESEND_EVERY
         {
             if let Some(line) = self.lines.first_mut()
                 && line.pending.is_empty()
@@ -465,11 +487,28 @@ impl Session {
         } else {
             self.opened_at + timeout.min(crate::cli::MAX_DURATION)
         };
-        if self.pinned && self.last.is_some() {
+        if self.pinned {
             limit.min(self.sent_at + RESEND_EVERY)
         } else {
             limit
         }
+    }
+
+    /// An answer came, but a later command never found room in the queue.
+    fn undelivered(&self) -> Outcome {
+        let (what, place) = self
+            .lines
+            .iter()
+            .find_map(|l| {
+                l.pending
+                    .iter()
+                    .find(|c| **c != ControlCommand::Status)
+                    .map(|c| (c.as_str(), l.place.shown()))
+            })
+            .unwrap_or(("a command", String::new()));
+        Outcome::Failed(format!(
+            "{what} was not sent: the queue of {place} stayed full (container-run hangs, or someone floods it)"
+        ))
     }
 
     /// Nothing believed came in time: say what did.

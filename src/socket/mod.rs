@@ -30,8 +30,6 @@ use crate::paths::Paths;
 use crate::protocol::{ControlCommand, MAX_DATAGRAM};
 use crate::rendezvous::Pod;
 
-pub use name::News;
-
 /// Who container-run is, to tell its own files from intruders' and to
 /// return to itself after sending as someone else.
 pub struct Identity {
@@ -210,13 +208,8 @@ impl ControlSocket {
 
     /// The next datagram, if any: `Ok(None)` when every queue is empty.
     pub fn recv(&mut self) -> std::io::Result<Option<Incoming>> {
-        if self.replies.take_rotation() {
-            log::warn!(
-                "replies to peers that do not read them fill the control socket's buffer: a fresh socket takes its name"
-            );
-            if self.published.take_name(&self.me) {
-                self.watch_new_socket();
-            }
+        if self.replies.take_rotation() && self.published.rotate(&self.me, Instant::now()) {
+            self.watch_new_socket();
         }
         let count = self.published.socks.len() + 1;
         for k in 0..count {
@@ -276,12 +269,10 @@ impl ControlSocket {
     }
 
     /// Called when the watch is readable.
-    pub fn on_watch_event(&mut self, now: Instant) -> News {
-        let news = self.published.on_watch_event(&self.me, now);
-        if news.rebound {
+    pub fn on_watch_event(&mut self, now: Instant) {
+        if self.published.on_watch_event(&self.me, now) {
             self.watch_new_socket();
         }
-        news
     }
 
     /// A take-back that waits for its spacing, if any.

@@ -37,6 +37,9 @@ use crate::state_files;
 /// Sockets that lost the name but still serve the peers connected to them.
 const MAX_RETIRED: usize = 4;
 
+/// Reads of the watch in one turn of the loop.
+const WATCH_READS_PER_TURN: usize = 16;
+
 /// Take-backs are spaced by at least this much; one asked for sooner
 /// waits for a deadline of the loop.
 const TAKE_BACK_SPACING: Duration = Duration::from_millis(50);
@@ -181,19 +184,8 @@ struct Place {
     rel: PathBuf,
     name: OsString,
     path: PathBuf,
-    /// The STOP marker's name beside the socket: changes to it are news.
-    marker: OsString,
     mode: u32,
     group: Option<u32>,
-}
-
-/// What a turn of the watch found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct News {
-    /// A fresh socket holds the name now (the caller polls it too).
-    pub rebound: bool,
-    /// Something happened at the STOP marker's name.
-    pub marker: bool,
 }
 
 pub struct Published {
@@ -210,6 +202,7 @@ pub struct Published {
     take_back_due: Option<Instant>,
     warned: Limited,
     failed: Limited,
+    rotated: Limited,
 }
 
 impl Published {
@@ -228,7 +221,6 @@ impl Published {
                 .to_path_buf(),
             name: paths.socket.file_name().unwrap_or_default().to_os_string(),
             path: paths.socket.clone(),
-            marker: paths.stopped.file_name().unwrap_or_default().to_os_string(),
             mode,
             group,
         };
@@ -241,6 +233,7 @@ impl Published {
             last_take_back: None,
             take_back_due: None,
             warned: Limited::default(),
+            rotated: Limited::default(),
             failed: Limited::default(),
         };
         published.watch = published.new_watch();
@@ -311,44 +304,45 @@ impl Published {
     /// Called when the watch is readable: if the name is gone or holds
     /// anything but our socket, take it back, so that netcat users reach
     /// this container-run again, and say who held it.
-    pub fn on_watch_event(&mut self, me: &Identity, now: Instant) -> News {
+    /// `true` when a fresh socket holds the name now (the caller polls it
+    /// too).
+    pub fn on_watch_event(&mut self, me: &Identity, now: Instant) -> bool {
         let Some(watch) = &self.watch else {
-            return News::default();
+            return false;
         };
         // Any event counts, not only those naming the socket: the job user's
         // games in the directory (a private directory swapped while being
         // created) may have made a take-back fail, and the next event is
         // the chance to try again.
-        let (mut any, mut watch_lost, mut marker) = (false, false, false);
-        while let Ok(events) = watch.read_events() {
-            if events.is_empty() {
-                break;
-            }
+        // Bounded: what is left keeps the watch readable for the next turn.
+        let (mut any, mut watch_lost) = (false, false);
+        for _ in 0..WATCH_READS_PER_TURN {
+            let events = match watch.read_events() {
+                Ok(events) if !events.is_empty() => events,
+                _ => break,
+            };
             for e in events {
                 watch_lost |= e.mask.intersects(
                     AddWatchFlags::IN_DELETE_SELF
                         | AddWatchFlags::IN_MOVE_SELF
                         | AddWatchFlags::IN_IGNORED,
                 );
-                let name = e.name.as_deref();
-                marker |= name == Some(self.place.marker.as_os_str());
-                any |= !name.is_some_and(|n| self.is_own_file(n));
+                // An overflow names nothing: anything may have happened.
+                any |= e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW)
+                    || !e.name.as_deref().is_some_and(|n| self.is_own_file(n));
             }
         }
-        let mut news = News {
-            rebound: false,
-            marker,
-        };
+        let mut rebound = false;
         // A take-back already waiting for its spacing looks at the name
         // then: events until then cost nothing more.
         if any && self.take_back_due.is_none() {
-            news.rebound = self.check_name(me, now);
+            rebound = self.check_name(me, now);
         }
         // After the take-back, which re-creates a deleted directory.
         if watch_lost {
             self.watch = self.new_watch();
         }
-        news
+        rebound
     }
 
     /// The spaced take-back is due.
@@ -388,6 +382,25 @@ impl Published {
             log::warn!("{}", Limited::text(&what, held));
         }
         self.last_take_back = Some(now);
+        self.take_name(me)
+    }
+
+    /// Peers connected to the named socket leave half its buffer unread: a
+    /// fresh socket takes the name at once (`reply`), the warning counted.
+    /// Not spaced: a socket that fills before its turn would drop the
+    /// replies of every peer that connects meanwhile, and each rotation
+    /// already costs the sender half a buffer of unread replies. `true`
+    /// when a fresh socket holds the name now.
+    pub fn rotate(&mut self, me: &Identity, now: Instant) -> bool {
+        if let Some(held) = self.rotated.due(now) {
+            log::warn!(
+                "{}",
+                Limited::text(
+                    "replies to peers that do not read them fill the control socket's buffer: a fresh socket takes its name",
+                    held
+                )
+            );
+        }
         self.take_name(me)
     }
 

@@ -318,39 +318,63 @@ fn interrupt_fd() -> Option<SignalFd> {
     SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
 }
 
-/// After QUIT: watch for `QUIT_WATCH` whether the job's process ended of
-/// it (most programs do), and say so rather than "running".
+/// After QUIT: watch every target that answered, all at once, for
+/// `QUIT_WATCH`, and say whether the job's process ended of it (most
+/// programs do) rather than "running". Only what was seen is said.
 fn watch_quit(targets: &[Target], outcomes: Vec<Outcome>, trust: Trust) -> Vec<Outcome> {
+    let watched: Vec<usize> = (0..targets.len())
+        .filter(|&i| matches!(&outcomes[i], Outcome::Done(s) if s.pid.is_some()))
+        .collect();
+    let drive = Drive {
+        commands: &[ControlCommand::Status],
+        goal: Goal::JobEnds,
+        timeout: QUIT_WATCH,
+        trust,
+        interrupt: None,
+    };
+    let chosen: Vec<Target> = watched.iter().map(|&i| targets[i].clone()).collect();
+    let mut after = drive.run(&chosen).into_iter();
+    let mut outcomes = outcomes;
+    for i in watched {
+        let Some(seen) = after.next() else { break };
+        let Outcome::Done(before) = &outcomes[i] else {
+            continue;
+        };
+        let pid = before.pid.unwrap_or_default();
+        outcomes[i] = match seen {
+            Outcome::Done(s) => Outcome::Failed(format!(
+                "SIGQUIT sent: the job's process {pid} ended ({}{})",
+                s.state.as_str(),
+                s.last_exit.map_or(String::new(), |c| format!(", exit {c}"))
+            )),
+            Outcome::TimedOut(_) => continue,
+            // Its rendezvous name went with it: container-run has exited,
+            // which it does only once the job is gone.
+            _ if !still_bound(&targets[i], trust) => Outcome::Failed(format!(
+                "SIGQUIT sent: the job's process {pid} ended, and container-run exited with it"
+            )),
+            other => Outcome::Failed(format!(
+                "SIGQUIT sent to the job's process {pid}; then: {}",
+                super::outcome_words(&other)
+            )),
+        };
+    }
     outcomes
-        .into_iter()
-        .zip(targets)
-        .map(|(outcome, target)| {
-            let Outcome::Done(status) = &outcome else {
-                return outcome;
-            };
-            let Some(pid) = status.pid else {
-                return outcome;
-            };
-            let drive = Drive {
-                commands: &[ControlCommand::Status],
-                goal: Goal::Ends(pid),
-                timeout: QUIT_WATCH,
-                trust,
-                interrupt: None,
-            };
-            match drive.run(std::slice::from_ref(target)).remove(0) {
-                Outcome::Done(after) => Outcome::Failed(format!(
-                    "SIGQUIT sent: the job's process {pid} ended ({}{})",
-                    after.state.as_str(),
-                    after.last_exit.map_or(String::new(), |c| format!(", exit {c}"))
-                )),
-                Outcome::Failed(_) | Outcome::NoAnswer(_) => Outcome::Failed(format!(
-                    "SIGQUIT sent: the job's process {pid} ended and container-run went away (it exits with the job's status)"
-                )),
-                _ => outcome,
-            }
-        })
-        .collect()
+}
+
+/// Whether the place a target was reached at is still bound: a rendezvous
+/// name vanishes with its container-run. A socket file says nothing.
+fn still_bound(target: &Target, trust: Trust) -> bool {
+    let (super::reach::Reach::At(places), Some(paths)) = (&target.reach, &target.paths) else {
+        return true;
+    };
+    let Ok(names) = super::reach::pod_names(&paths.base, &trust) else {
+        return true;
+    };
+    places.iter().any(|p| match p {
+        super::reach::Place::Abstract(name) => names.listing.names.contains(name),
+        super::reach::Place::File { .. } => true,
+    })
 }
 
 #[cfg(test)]

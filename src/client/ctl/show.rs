@@ -134,7 +134,7 @@ impl<'a> Report<'a> {
     pub fn print(&self, chosen: &Chosen, outcomes: &[Outcome]) -> u8 {
         let outcomes: Vec<Outcome> = outcomes.iter().map(|o| self.with_hold(o)).collect();
         if self.verb == Verb::Status && !self.json {
-            print_table(&chosen.targets, &outcomes, &chosen.gone, self);
+            print_table(chosen, &outcomes, self);
         } else {
             for ((target, outcome), gone) in chosen.targets.iter().zip(&outcomes).zip(&chosen.gone)
             {
@@ -159,7 +159,7 @@ impl<'a> Report<'a> {
             .collect();
         let code = combined_exit(&counted);
         if chosen.unanswered > 0 {
-            code.max(crate::exit::FAILURE)
+            code.max(crate::exit::NO_ANSWER)
         } else {
             code
         }
@@ -270,7 +270,10 @@ const COLUMNS: [&str; 10] = [
 /// The table of every container-run that answered, and of those that are
 /// gone; the others get their error line on stderr, and with none to show
 /// there is no table at all.
-fn print_table(targets: &[Target], outcomes: &[Outcome], gone: &[bool], how: &Report) {
+fn print_table(chosen: &Chosen, outcomes: &[Outcome], how: &Report) {
+    let (targets, gone) = (&chosen.targets, &chosen.gone);
+    // With --all, one row per container-run of the pod, answering or not.
+    let listed = chosen.known.is_some();
     let mut rows = vec![COLUMNS.map(String::from)];
     for ((target, outcome), gone) in targets.iter().zip(outcomes).zip(gone) {
         if *gone {
@@ -290,7 +293,14 @@ fn print_table(targets: &[Target], outcomes: &[Outcome], gone: &[bool], how: &Re
                 drain_cell(s),
                 if s.hold { "yes" } else { "no" }.into(),
             ]),
-            other => how.report(target, other),
+            // Said on stderr; its row still stands when ctl knows its name
+            // (a listed container-run that does not answer).
+            other => {
+                how.report(target, other);
+                if listed && target.paths.is_some() {
+                    rows.push(named_row(target, "unknown"));
+                }
+            }
         }
     }
     if rows.len() == 1 {
@@ -301,6 +311,11 @@ fn print_table(targets: &[Target], outcomes: &[Outcome], gone: &[bool], how: &Re
 
 /// A container-run killed outright: only its socket file is left.
 fn gone_row(target: &Target) -> [String; 10] {
+    named_row(target, "gone")
+}
+
+/// A row that knows only the name and a state.
+fn named_row(target: &Target, state: &str) -> [String; 10] {
     let (job, process) = target
         .paths
         .as_ref()
@@ -310,7 +325,7 @@ fn gone_row(target: &Target) -> [String; 10] {
     let mut row = [
         "-".to_string(),
         "-".into(),
-        "gone".into(),
+        state.into(),
         "-".into(),
         "-".into(),
         "-".into(),
