@@ -42,7 +42,7 @@ use nix::unistd::{Gid, UnlinkatFlags, fchdir, fchownat, linkat, unlinkat};
 
 use crate::error::Fatal;
 use crate::protocol::MAX_DATAGRAM;
-use crate::state_files;
+use crate::state_files::{self, Base};
 
 /// Sockets that lost the name but still serve the peers connected to them.
 const MAX_RETIRED: usize = 4;
@@ -63,7 +63,7 @@ pub struct ControlSocket {
     path: PathBuf,
     /// BASE, trusted; `rel` (`data/JOB`) is opened below it without
     /// following links; `name` is the socket's file name.
-    base: PathBuf,
+    base: Base,
     rel: PathBuf,
     name: OsString,
     mode: u32,
@@ -224,16 +224,19 @@ enum Publish {
 }
 
 impl ControlSocket {
-    pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<ControlSocket, Fatal> {
+    pub fn bind(
+        base: &Base,
+        path: &Path,
+        mode: u32,
+        group: Option<u32>,
+    ) -> Result<ControlSocket, Fatal> {
         let dir = path.parent().unwrap_or(Path::new("."));
         // The socket is BASE/data/JOB/NAME (paths.rs): BASE is the operator's
         // choice; data/JOB may belong to the job's user.
-        let base = dir
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(Path::new("/"))
-            .to_path_buf();
-        let rel = dir.strip_prefix(&base).unwrap_or(dir).to_path_buf();
+        let base = base
+            .try_clone()
+            .map_err(|e| Fatal::setup("cannot keep the base directory open", e))?;
+        let rel = dir.strip_prefix(base.path()).unwrap_or(dir).to_path_buf();
         let name = path.file_name().unwrap_or_default().to_os_string();
         let me = Identity::current();
         let (sock, identity) = Self::bind_new(
@@ -282,7 +285,7 @@ impl ControlSocket {
 
     #[allow(clippy::too_many_arguments)]
     fn bind_new(
-        base: &Path,
+        base: &Base,
         rel: &Path,
         name: &OsStr,
         path: &Path,
@@ -293,7 +296,8 @@ impl ControlSocket {
     ) -> Result<(UnixDatagram, (u64, u64)), Fatal> {
         let cannot =
             |what: &str, e: io::Error| Fatal::setup(format!("{what} {}", path.display()), e);
-        let data = state_files::open_beneath(base, rel, true)
+        let data = base
+            .open_beneath(rel, true)
             .map_err(|e| cannot("cannot open the directory of", e))?;
         let private = PrivateDir::create(data.as_fd(), me)
             .map_err(|e| cannot("cannot create a private directory for", e))?;
@@ -419,7 +423,7 @@ impl ControlSocket {
     }
 
     fn open_data_dir(&self, create: bool) -> io::Result<OwnedFd> {
-        state_files::open_beneath(&self.base, &self.rel, create)
+        self.base.open_beneath(&self.rel, create)
     }
 
     fn new_watch(&self) -> Option<Inotify> {

@@ -2,17 +2,20 @@
 //! socket, the socket directory's inotify watch, the drain script's stdout
 //! and a round of STATUS to the pod's peers while one is out, and the
 //! earliest deadline, waited on with one `ppoll`. It turns what happens into
-//! `Event`s for the machine and carries out the `Action`s that come back.
+//! `Event`s for the machine and carries out the `Action`s that come back,
+//! in their order (a stop's signal first), writing the log lines they say.
 //! Single threaded; with nothing due it sleeps without timeout.
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use log::Level;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, ppoll};
 use nix::sys::signal::{SigSet, Signal};
@@ -20,14 +23,16 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::time::TimeSpec;
 
 use crate::cli::RunConfig;
-use crate::drain;
 use crate::error::{Fatal, os_phrase};
 use crate::exit;
-use crate::machine::{Action, Child, DrainPlan, Event, Machine, MachineConfig, PostStartPlan};
+use crate::machine::{
+    Action, Child, DrainPlan, Event, JOB_STATE, MAX_OUTPUT, Machine, MachineConfig, NO_NEXT_STATE,
+    PostStartPlan, Started,
+};
 use crate::peers::PeerRound;
 use crate::protocol::{ControlCommand, State, Status};
 use crate::socket::ControlSocket;
-use crate::state_files;
+use crate::state_files::{self, Base};
 use crate::tree::{self, Inherited, Output, SpawnSpec};
 
 /// Signals container-run reads from its signalfd; they stay blocked in
@@ -51,8 +56,16 @@ const DATAGRAMS_PER_TURN: usize = 1024;
 /// of commands cannot grow memory.
 const MAX_WAITERS: usize = 64;
 
+/// After `ppoll` itself fails (not EINTR), the loop pauses this long before
+/// it reads every source without waiting, doubling up to `POLL_PAUSE_MAX`
+/// while the failure lasts: a failure that persists must not spin.
+const POLL_PAUSE_FIRST: Duration = Duration::from_millis(1);
+const POLL_PAUSE_MAX: Duration = Duration::from_millis(100);
+
 pub struct Supervisor {
     cfg: RunConfig,
+    /// BASE's fd, beside `cfg.paths`: every state file is reached through it.
+    base: Base,
     machine: Machine,
     signals: SignalFd,
     socket: ControlSocket,
@@ -62,6 +75,49 @@ pub struct Supervisor {
     /// The drain script's stdout while it is open, and what it said so far.
     drain_out: Option<(std::fs::File, Vec<u8>)>,
     peers: Option<PeerRound>,
+    /// The pause after the last failed `ppoll`, while they keep failing.
+    poll_pause: Option<Duration>,
+}
+
+/// Which of the loop's sources `ppoll` found ready.
+#[derive(Debug, Default, Clone, Copy)]
+struct Ready {
+    signals: bool,
+    socket: bool,
+    watch: bool,
+    drain_out: bool,
+    peers: bool,
+}
+
+impl Ready {
+    /// Every source, read without waiting (each is non-blocking).
+    fn all() -> Ready {
+        Ready {
+            signals: true,
+            socket: true,
+            watch: true,
+            drain_out: true,
+            peers: true,
+        }
+    }
+}
+
+/// The descriptors of one `ppoll`, only those that exist now.
+#[derive(Default)]
+struct PollSet<'a> {
+    fds: Vec<PollFd<'a>>,
+}
+
+impl<'a> PollSet<'a> {
+    fn add(&mut self, fd: BorrowedFd<'a>, events: PollFlags) -> usize {
+        self.fds.push(PollFd::new(fd, events));
+        self.fds.len() - 1
+    }
+
+    fn ready(&self, at: Option<usize>) -> bool {
+        at.and_then(|i| self.fds[i].revents())
+            .is_some_and(|r| !r.is_empty())
+    }
 }
 
 /// Set up everything fallible (signals, directories, socket) before the job
@@ -69,64 +125,34 @@ pub struct Supervisor {
 pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
     // A command that does not exist at all fails before anything is
     // created; one that exists but cannot be executed fails at spawn (126).
-    if find_program(cfg.command.program()).is_none() {
+    let program = cfg.command.program();
+    if find_program(program).is_none() {
         return Err(Fatal::Exec {
             code: exit::NOT_FOUND,
-            message: format!(
-                "{}: command not found",
-                cfg.command.program().to_string_lossy()
-            ),
+            message: format!("{}: command not found", program.to_string_lossy()),
         });
     }
-    let mut mask = SigSet::empty();
-    for sig in HANDLED {
-        mask.add(sig);
-    }
-    mask.thread_block()
-        .map_err(|e| Fatal::setup("cannot block signals", e))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| Fatal::setup("cannot create a signalfd", e))?;
-
-    if std::process::id() == 1 {
-        log::debug!("running as PID 1: reaping every orphan of the container");
-    } else {
-        nix::sys::prctl::set_child_subreaper(true)
-            .map_err(|e| Fatal::setup("cannot become a child subreaper", e))?;
-        log::debug!("child subreaper: orphans of the job are re-parented here");
-    }
-
+    let signals = block_signals()?;
+    become_reaper()?;
     let inherited = tree::inherited_dispositions();
     let paths = &cfg.paths;
-    state_files::prepare_dirs(paths).map_err(|e| {
-        Fatal::setup(
-            format!("cannot write under base directory {}", paths.base.display()),
-            e,
-        )
-    })?;
-    let socket = ControlSocket::bind(&paths.socket, cfg.socket_mode, cfg.socket_group)?;
+    let base = Base::open(&paths.base, true)
+        .and_then(|base| state_files::prepare_dirs(&base, paths).map(|()| base))
+        .map_err(|e| {
+            let what = format!("cannot write under base directory {}", paths.base.display());
+            Fatal::setup(what, e)
+        })?;
+    let socket = ControlSocket::bind(&base, &paths.socket, cfg.socket_mode, cfg.socket_group)?;
     // Left by a container-run that was killed: nothing runs now.
-    if let Err(e) = state_files::remove_run_files(paths) {
-        return Err(Fatal::setup("cannot remove stale run files", e));
-    }
-    state_files::install_links(paths);
-
-    let hold = state_files::hold_in_force(paths);
-    if hold {
-        log::info!(
-            "STOP marker {} found: staying stopped until `container-run ctl start {}{}`",
-            paths.stopped.display(),
-            cfg.paths.job,
-            if cfg.paths.process == cfg.paths.job {
-                String::new()
-            } else {
-                format!(" -p {}", cfg.paths.process)
-            }
-        );
-    }
+    state_files::remove_run_files(&base, paths)
+        .map_err(|e| Fatal::setup("cannot remove stale run files", e))?;
+    state_files::install_links(&base, paths);
+    let hold = hold_found(&base, &cfg);
     let machine = Machine::new(machine_config(&cfg), hold);
     log::debug!("control socket {}", socket.path().display());
     let mut sup = Supervisor {
         cfg,
+        base,
         machine,
         signals,
         socket,
@@ -135,6 +161,7 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
         inherited,
         drain_out: None,
         peers: None,
+        poll_pause: None,
     };
     if let Some(code) = sup.feed(Event::Boot) {
         return Ok(code);
@@ -142,16 +169,72 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
     Ok(sup.event_loop())
 }
 
+fn block_signals() -> Result<SignalFd, Fatal> {
+    let mut mask = SigSet::empty();
+    for sig in HANDLED {
+        mask.add(sig);
+    }
+    mask.thread_block()
+        .map_err(|e| Fatal::setup("cannot block signals", e))?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| Fatal::setup("cannot create a signalfd", e))
+}
+
+fn become_reaper() -> Result<(), Fatal> {
+    if std::process::id() == 1 {
+        log::debug!("running as PID 1: reaping every orphan of the container");
+    } else {
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| Fatal::setup("cannot become a child subreaper", e))?;
+        log::debug!("child subreaper: orphans of the job are re-parented here");
+    }
+    Ok(())
+}
+
+/// Whether an operator's STOP holds the job stopped; said once at start-up.
+fn hold_found(base: &Base, cfg: &RunConfig) -> bool {
+    let paths = &cfg.paths;
+    let hold = state_files::hold_in_force(base, paths);
+    if hold {
+        let process = if paths.process == paths.job {
+            String::new()
+        } else {
+            format!(" -p {}", paths.process)
+        };
+        log::info!(
+            "STOP marker {} found: staying stopped until `container-run ctl start {}{process}`",
+            paths.stopped.display(),
+            paths.job,
+        );
+    }
+    hold
+}
+
+/// The options turned into the machine's plans, once: the loop asks the
+/// same options for a child's command only when a plan names that child.
 fn machine_config(cfg: &RunConfig) -> MachineConfig {
     let post_start = match (&cfg.post_start, &cfg.condition) {
         (None, _) => PostStartPlan::None,
         (Some(_), None) => PostStartPlan::Direct,
         (Some(_), Some(_)) => PostStartPlan::AfterCondition,
     };
-    let drain = match (&cfg.drain, cfg.drain_timeout) {
-        (_, t) if t.is_zero() => DrainPlan::Off,
-        (Some(_), timeout) => DrainPlan::Script { timeout },
-        (None, timeout) => DrainPlan::Barrier { timeout },
+    let drain = match &cfg.drain {
+        _ if cfg.drain_timeout.is_zero() => DrainPlan::Off,
+        None => DrainPlan::Barrier {
+            timeout: cfg.drain_timeout,
+        },
+        Some(program) => {
+            // Looked up again when it is due: it may appear meanwhile.
+            if find_program(program).is_none() {
+                log::warn!(
+                    "drain {} not found: the drain will be skipped unless it appears",
+                    program.to_string_lossy()
+                );
+            }
+            DrainPlan::Script {
+                timeout: cfg.drain_timeout,
+            }
+        }
     };
     MachineConfig {
         stop_timeout: cfg.stop_timeout,
@@ -168,90 +251,103 @@ impl Supervisor {
     fn event_loop(&mut self) -> u8 {
         loop {
             crate::logger::flush_pending();
-            let deadline = [
-                self.machine.next_deadline(),
-                self.peers.as_ref().map(PeerRound::deadline),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let timeout = deadline
-                .map(|d| TimeSpec::from_duration(d.saturating_duration_since(Instant::now())));
-            let ready = {
-                // Optional sources take the signalfd's place when absent,
-                // so that the array keeps its shape; their readiness is
-                // then ignored.
-                let signals = self.signals.as_fd();
-                let optional = [
-                    self.socket.watch_fd(),
-                    self.drain_out.as_ref().map(|(f, _)| f.as_fd()),
-                    self.peers.as_ref().map(PeerRound::as_fd),
-                ];
-                // Held log lines: wake when stderr takes more. Only the
-                // wake-up matters; the lines go out at the loop's top.
-                // SAFETY: fd 2 stays open for container-run's whole life.
-                let stderr = unsafe { BorrowedFd::borrow_raw(2) };
-                let mut fds = [
-                    PollFd::new(signals, PollFlags::POLLIN),
-                    PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(optional[0].unwrap_or(signals), PollFlags::POLLIN),
-                    PollFd::new(optional[1].unwrap_or(signals), PollFlags::POLLIN),
-                    PollFd::new(optional[2].unwrap_or(signals), PollFlags::POLLIN),
-                    PollFd::new(stderr, PollFlags::POLLOUT),
-                ];
-                let used = if crate::logger::pending() { 6 } else { 5 };
-                match ppoll(&mut fds[..used], timeout, None) {
-                    Ok(_) => {}
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => log::warn!("ppoll: {e}"),
-                }
-                let mut ready = [false; 5];
-                for (i, fd) in fds[..5].iter().enumerate() {
-                    let present = i < 2 || optional[i - 2].is_some();
-                    ready[i] = present && fd.revents().is_some_and(|r| !r.is_empty());
-                }
-                ready
-            };
-            if ready[2] {
+            let ready = self.wait();
+            if ready.watch {
                 self.socket.on_watch_event();
             }
-            if let Some(code) = self.turn(ready) {
-                self.notify_waiters();
+            let exit = self.turn(ready);
+            self.notify_waiters();
+            if let Some(code) = exit {
                 return code;
             }
-            self.notify_waiters();
         }
+    }
+
+    /// One `ppoll` over the sources that exist now, until the earliest
+    /// deadline (none: no timeout).
+    fn wait(&mut self) -> Ready {
+        let deadline = [
+            self.machine.next_deadline(),
+            self.peers.as_ref().map(PeerRound::deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout =
+            deadline.map(|d| TimeSpec::from_duration(d.saturating_duration_since(Instant::now())));
+        let (result, ready) = {
+            let mut set = PollSet::default();
+            let signals = set.add(self.signals.as_fd(), PollFlags::POLLIN);
+            let socket = set.add(self.socket.as_fd(), PollFlags::POLLIN);
+            let watch = self
+                .socket
+                .watch_fd()
+                .map(|fd| set.add(fd, PollFlags::POLLIN));
+            let drain_out = self.drain_out.as_ref();
+            let drain_out = drain_out.map(|(f, _)| set.add(f.as_fd(), PollFlags::POLLIN));
+            let peers = self
+                .peers
+                .as_ref()
+                .map(|p| set.add(p.as_fd(), PollFlags::POLLIN));
+            if crate::logger::pending() {
+                // Held log lines: only the wake-up matters, they go out at
+                // the loop's top. SAFETY: fd 2 stays open for container-run's
+                // whole life.
+                set.add(unsafe { BorrowedFd::borrow_raw(2) }, PollFlags::POLLOUT);
+            }
+            let result = ppoll(&mut set.fds, timeout, None);
+            let ready = Ready {
+                signals: set.ready(Some(signals)),
+                socket: set.ready(Some(socket)),
+                watch: set.ready(watch),
+                drain_out: set.ready(drain_out),
+                peers: set.ready(peers),
+            };
+            (result, ready)
+        };
+        match result {
+            Ok(_) => {
+                self.poll_pause = None;
+                ready
+            }
+            Err(Errno::EINTR) => Ready::default(),
+            Err(e) => self.poll_failed(e),
+        }
+    }
+
+    fn poll_failed(&mut self, e: Errno) -> Ready {
+        let pause = match self.poll_pause {
+            None => {
+                log::error!("ppoll: {e}; reading every source without waiting while it fails");
+                POLL_PAUSE_FIRST
+            }
+            Some(last) => (last * 2).min(POLL_PAUSE_MAX),
+        };
+        self.poll_pause = Some(pause);
+        std::thread::sleep(pause);
+        Ready::all()
     }
 
     /// One turn of the loop: every ready source, then due deadlines.
     /// `Some(code)` when container-run is to exit.
-    fn turn(&mut self, ready: [bool; 5]) -> Option<u8> {
-        if ready[0]
+    fn turn(&mut self, ready: Ready) -> Option<u8> {
+        if ready.signals
             && let Some(code) = self.handle_signals()
         {
             return Some(code);
         }
-        if ready[1]
+        if ready.socket
             && let Some(code) = self.handle_datagrams()
         {
             return Some(code);
         }
-        if ready[3]
+        if ready.drain_out
             && let Some(code) = self.read_drain_output()
         {
             return Some(code);
         }
-        if let Some(round) = self.peers.as_mut() {
-            if ready[4] {
-                round.on_readable();
-            }
-            if round.complete(Instant::now()) {
-                let tally = round.tally();
-                self.peers = None;
-                if let Some(code) = self.feed(Event::PeersAnswered(tally)) {
-                    return Some(code);
-                }
-            }
+        if let Some(code) = self.peers_turn(ready.peers) {
+            return Some(code);
         }
         self.feed(Event::Tick)
     }
@@ -264,22 +360,17 @@ impl Supervisor {
         let mut events = Vec::new();
         loop {
             match self.signals.read_signal() {
-                Ok(Some(info)) => {
-                    let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
-                        continue;
-                    };
-                    match sig {
-                        Signal::SIGCHLD => child_exited = true,
-                        Signal::SIGTERM | Signal::SIGINT => {
-                            log::info!("received {}", sig.as_str());
-                            events.push(Event::Shutdown);
-                        }
-                        other => {
-                            log::debug!("forwarding {}", other.as_str());
-                            events.push(Event::Forward(other));
-                        }
+                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => child_exited = true,
+                    Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                        events.push(Event::Shutdown(sig))
                     }
-                }
+                    Ok(other) => {
+                        log::debug!("forwarding {}", other.as_str());
+                        events.push(Event::Forward(other));
+                    }
+                    Err(_) => {}
+                },
                 Ok(None) => break,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -291,22 +382,14 @@ impl Supervisor {
         if child_exited && let Some(code) = self.reap() {
             return Some(code);
         }
-        for event in events {
-            if let Some(code) = self.feed(event) {
-                return Some(code);
-            }
-        }
-        None
+        events.into_iter().find_map(|event| self.feed(event))
     }
 
     fn reap(&mut self) -> Option<u8> {
         let (reaped, children_left) = tree::reap_all();
         for r in reaped {
             log::debug!("reaped {} ({})", r.pid, r.exit);
-            if let Some(code) = self.feed(Event::Reaped {
-                pid: r.pid,
-                exit: r.exit,
-            }) {
+            if let Some(code) = self.feed(Event::Reaped(r.pid, r.exit)) {
                 return Some(code);
             }
         }
@@ -317,7 +400,7 @@ impl Supervisor {
         {
             return Some(code);
         }
-        self.feed(Event::Drained { children_left })
+        self.feed(Event::Drained(children_left))
     }
 
     fn handle_datagrams(&mut self) -> Option<u8> {
@@ -333,12 +416,8 @@ impl Supervisor {
             let Some(command) = command else {
                 continue;
             };
-            // Probes send STATUS every few seconds: keep those out of the log.
-            if command == ControlCommand::Status {
-                log::debug!("received STATUS");
-            } else {
-                log::info!("received {}", command.as_str());
-            }
+            // Nothing before the machine's actions: a stop's signal is the
+            // first thing a STOP does (the log line is one of its actions).
             let exit = self.feed(Event::Command(command));
             // Building the JSON line only for a sender that can be answered.
             if !sender.is_unnamed() {
@@ -367,7 +446,7 @@ impl Supervisor {
             match file.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => {
-                    let room = (drain::MAX_OUTPUT + 1).saturating_sub(buf.len());
+                    let room = (MAX_OUTPUT + 1).saturating_sub(buf.len());
                     buf.extend_from_slice(&chunk[..n.min(room)]);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
@@ -428,72 +507,81 @@ impl Supervisor {
     }
 
     fn feed(&mut self, event: Event) -> Option<u8> {
+        let heard = match &event {
+            Event::Command(ControlCommand::Status) => Some((Level::Debug, "STATUS")),
+            Event::Command(command) => Some((Level::Info, command.as_str())),
+            Event::Shutdown(signal) => Some((Level::Info, signal.as_str())),
+            _ => None,
+        };
         let actions = self.machine.step(Instant::now(), event);
-        self.execute(actions)
+        self.execute(actions, heard)
     }
 
     /// Carry out actions in order; what an action reports (a spawn's pid, a
     /// file that could not be written) goes back to the machine at once,
-    /// and the actions that returns join the queue.
-    fn execute(&mut self, actions: Vec<Action>) -> Option<u8> {
+    /// and the actions that returns join the queue. What a command or
+    /// signal was is logged once the signals it causes are out, before
+    /// anything else it causes.
+    fn execute(&mut self, actions: Vec<Action>, mut heard: Option<(Level, &str)>) -> Option<u8> {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
-            let follow_up = match action {
-                Action::Spawn(child) => Some(self.spawn(child)),
-                Action::Signal { group, signal } => {
-                    tree::signal_group(group, signal);
-                    None
+            let signal = matches!(
+                action,
+                Action::Signal(..) | Action::Terminate(..) | Action::KillTree(..)
+            );
+            if let Some((level, what)) = heard.filter(|_| !signal) {
+                log::log!(level, "received {what}");
+                heard = None;
+            }
+            match self.perform(action) {
+                ControlFlow::Break(code) => return Some(code),
+                ControlFlow::Continue(Some(event)) => {
+                    queue.extend(self.machine.step(Instant::now(), event));
                 }
-                Action::Terminate {
-                    job,
-                    helpers,
-                    signal,
-                    spare,
-                } => {
-                    tree::terminate(job, &helpers, signal, spare);
-                    None
-                }
-                Action::KillTree { groups, spare } => {
-                    tree::kill_tree(&groups, spare);
-                    None
-                }
-                Action::AskPeers => self.ask_peers(),
-                Action::WriteRunFiles(pid) => {
-                    if let Err(e) = state_files::write_run_files(&self.cfg.paths, pid) {
-                        log::error!("cannot write the sentinel or pidfile: {}", os_phrase(&e));
-                    }
-                    None
-                }
-                Action::RemoveRunFiles => {
-                    if let Err(e) = state_files::remove_run_files(&self.cfg.paths) {
-                        log::error!("cannot remove the sentinel or pidfile: {}", os_phrase(&e));
-                    }
-                    None
-                }
-                Action::WriteHold => match state_files::write_hold(&self.cfg.paths) {
-                    Ok(()) => None,
-                    Err(e) => {
-                        log::error!(
-                            "cannot write the STOP marker {}: {}",
-                            self.cfg.paths.stopped.display(),
-                            os_phrase(&e)
-                        );
-                        Some(Event::HoldNotWritten)
-                    }
-                },
-                Action::RemoveHold => {
-                    if let Err(e) = state_files::remove_hold(&self.cfg.paths) {
-                        log::error!("cannot remove the STOP marker: {}", os_phrase(&e));
-                    }
-                    None
-                }
-                Action::Exit(code) => return Some(code),
-            };
-            if let Some(event) = follow_up {
-                queue.extend(self.machine.step(Instant::now(), event));
+                ControlFlow::Continue(None) => {}
             }
         }
+        if let Some((level, what)) = heard {
+            log::log!(level, "received {what}");
+        }
         None
+    }
+
+    fn perform(&mut self, action: Action) -> ControlFlow<u8, Option<Event>> {
+        let (base, paths) = (&self.base, &self.cfg.paths);
+        match action {
+            Action::Spawn(child) => return ControlFlow::Continue(Some(self.spawn(child))),
+            Action::Signal(group, signal) => tree::signal_group(group, signal),
+            Action::Terminate(job, hook, signal) => tree::terminate(job, hook, signal),
+            Action::Sweep(job, signal, skip, spare) => tree::sweep(job, signal, &skip, spare),
+            Action::SignalMembers(group, signal) => tree::signal_members(group, signal),
+            Action::KillTree(groups, spare) => tree::kill_tree(&groups, spare),
+            Action::AskPeers => return ControlFlow::Continue(self.ask_peers()),
+            Action::WriteRunFiles(pid) => {
+                let written = state_files::write_run_files(base, paths, pid);
+                report("cannot write the sentinel or pidfile", written);
+            }
+            Action::RemoveRunFiles => {
+                let removed = state_files::remove_run_files(base, paths);
+                report("cannot remove the sentinel or pidfile", removed);
+            }
+            Action::WriteHold => {
+                let written = state_files::write_hold(base, paths);
+                let what = format!("cannot write the STOP marker {}", paths.stopped.display());
+                if !report(&what, written) {
+                    return ControlFlow::Continue(Some(Event::HoldNotWritten));
+                }
+            }
+            Action::RemoveHold => {
+                report(
+                    "cannot remove the STOP marker",
+                    state_files::remove_hold(base, paths),
+                );
+            }
+            Action::Log(level, text) => log::log!(level, "{text}"),
+            Action::Exit(code) => return ControlFlow::Break(code),
+        };
+        ControlFlow::Continue(None)
     }
 
     /// Start a round of STATUS to the pod's peers; with none to ask, the
@@ -518,91 +606,50 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&mut self, child: Child) -> Event {
-        let cfg = &self.cfg;
-        let (program, args, output): (&OsStr, Vec<&OsStr>, Output) = match child {
-            Child::Main => (
-                cfg.command.program(),
-                cfg.command.args().iter().map(|a| a.as_os_str()).collect(),
-                Output::Inherit,
-            ),
-            Child::Condition | Child::PostStart => {
-                let hook = match child {
-                    Child::Condition => cfg.condition.as_ref(),
-                    _ => cfg.post_start.as_ref(),
-                };
-                let Some(hook) = hook else {
-                    return Event::Missing(child);
-                };
-                let output = if child == Child::Condition {
-                    Output::Discard
-                } else {
-                    Output::Inherit
-                };
-                (
-                    hook.program.as_os_str(),
-                    hook.args.iter().map(|a| a.as_os_str()).collect(),
-                    output,
-                )
-            }
-            Child::Drain(call) => {
-                let Some(program) = cfg.drain.as_ref() else {
-                    return Event::Missing(child);
-                };
-                (
-                    program.as_os_str(),
-                    call.args().into_iter().map(OsStr::new).collect(),
-                    Output::Capture,
-                )
-            }
-        };
-        // The post-start and the drain are looked up when they are due;
-        // a missing one is skipped (SPEC sections 5 and 8).
-        if matches!(child, Child::PostStart | Child::Drain(_)) && find_program(program).is_none() {
-            log::info!(
-                "{} {} not found: skipped",
-                what(child),
-                program.to_string_lossy()
-            );
-            return Event::Missing(child);
+    /// The round of STATUS out, if any: read what came, and once it is
+    /// complete, hand its tally to the machine.
+    fn peers_turn(&mut self, readable: bool) -> Option<u8> {
+        let round = self.peers.as_mut()?;
+        if readable {
+            round.on_readable();
         }
-        let drain_env = [drain::JOB_STATE];
-        let is_drain = matches!(child, Child::Drain(_));
-        let spec = SpawnSpec {
-            program,
-            args,
-            output,
-            env_add: if is_drain { &drain_env } else { &[] },
-            env_remove: if is_drain {
-                &[drain::NO_NEXT_STATE]
-            } else {
-                &[]
-            },
+        if !round.complete(Instant::now()) {
+            return None;
+        }
+        let tally = round.tally();
+        self.peers = None;
+        self.feed(Event::PeersAnswered(tally))
+    }
+
+    /// Start `child` as the machine asked, and say so.
+    fn spawn(&mut self, child: Child) -> Event {
+        let spec = match choose(&self.cfg, child) {
+            Ok(spec) => spec,
+            Err(missing) => {
+                log::info!("{} {} not found: skipped", missing.what, missing.program);
+                return Event::Spawned(child, Started::Missing);
+            }
         };
+        let program = spec.program.to_string_lossy();
         match tree::spawn(&spec, &self.inherited) {
             Ok(spawned) => {
+                let pid = spawned.pid;
+                let paths = &self.cfg.paths;
                 match child {
                     Child::Main => log::info!(
-                        "running {} as pid {} (job {}, process {})",
-                        program.to_string_lossy(),
-                        spawned.pid,
-                        cfg.paths.job,
-                        cfg.paths.process
+                        "running {program} as pid {pid} (job {}, process {})",
+                        paths.job,
+                        paths.process
                     ),
-                    Child::Condition => {
-                        log::debug!("post-start condition runs as pid {}", spawned.pid)
+                    Child::Condition => log::debug!("post-start condition runs as pid {pid}"),
+                    Child::PostStart | Child::Drain(_) => {
+                        log::info!("running {} {program} as pid {pid}", what(child))
                     }
-                    _ => log::info!(
-                        "running {} {} as pid {}",
-                        what(child),
-                        program.to_string_lossy(),
-                        spawned.pid
-                    ),
                 }
                 if let Some(fd) = spawned.stdout {
                     self.drain_out = Some((nonblocking(fd), Vec::new()));
                 }
-                Event::Spawned(child, spawned.pid)
+                Event::Spawned(child, Started::Pid(pid))
             }
             Err(e) => {
                 // The job's own command gets the one-line style of every
@@ -613,8 +660,82 @@ impl Supervisor {
                 } else {
                     log::error!("{}: {}", what(child), e.message);
                 }
-                Event::SpawnFailed(child, e.code)
+                Event::Spawned(child, Started::Failed(e.code))
             }
+        }
+    }
+}
+
+/// A command that is not there when it is due: skipped, with one line.
+struct NotFound {
+    what: &'static str,
+    program: String,
+}
+
+/// The command of `child`, from the options its plan came from
+/// (`machine_config`). The post-start and the drain are looked up when they
+/// are due; the condition runs only for a post-start that exists (SPEC
+/// sections 5 and 8).
+fn choose(cfg: &RunConfig, child: Child) -> Result<SpawnSpec<'_>, NotFound> {
+    let (program, args, output): (&OsStr, Vec<&OsStr>, Output) =
+        match (child, &cfg.post_start, &cfg.condition, &cfg.drain) {
+            (Child::Main, ..) => (
+                cfg.command.program(),
+                os(cfg.command.args()),
+                Output::Inherit,
+            ),
+            (Child::Condition, Some(post_start), Some(condition), _) => {
+                look_up(Child::PostStart, &post_start.program)?;
+                (&condition.program, os(&condition.args), Output::Discard)
+            }
+            (Child::PostStart, Some(post_start), _, _) => {
+                look_up(child, &post_start.program)?;
+                (&post_start.program, os(&post_start.args), Output::Inherit)
+            }
+            (Child::Drain(call), _, _, Some(drain)) => {
+                look_up(child, drain)?;
+                (drain, call.args().map(OsStr::new).to_vec(), Output::Capture)
+            }
+            // Never asked: the plans name these children only with their
+            // options.
+            (Child::Condition | Child::PostStart | Child::Drain(_), ..) => {
+                return Err(NotFound {
+                    what: what(child),
+                    program: String::new(),
+                });
+            }
+        };
+    let drain = matches!(child, Child::Drain(_));
+    Ok(SpawnSpec {
+        program,
+        args,
+        output,
+        env_add: if drain { &[JOB_STATE] } else { &[] },
+        env_remove: if drain { &[NO_NEXT_STATE] } else { &[] },
+    })
+}
+
+fn look_up(child: Child, program: &OsStr) -> Result<(), NotFound> {
+    match find_program(program) {
+        Some(_) => Ok(()),
+        None => Err(NotFound {
+            what: what(child),
+            program: program.to_string_lossy().into_owned(),
+        }),
+    }
+}
+
+fn os(args: &[std::ffi::OsString]) -> Vec<&OsStr> {
+    args.iter().map(|a| a.as_os_str()).collect()
+}
+
+/// Log a failed file operation; whether it succeeded.
+fn report(what: &str, result: std::io::Result<()>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            log::error!("{what}: {}", os_phrase(&e));
+            false
         }
     }
 }
