@@ -568,7 +568,8 @@ impl Supervisor {
             Action::WriteHold => {
                 let written = state_files::write_hold(base, paths);
                 let what = format!("cannot write the STOP marker {}", paths.stopped.display());
-                if !report(&what, written) {
+                // A marker already there still holds.
+                if !report(&what, written) && !state_files::hold_in_force(base, paths) {
                     return ControlFlow::Continue(Some(Event::HoldNotWritten));
                 }
             }
@@ -694,7 +695,7 @@ fn choose(cfg: &RunConfig, child: Child) -> Result<SpawnSpec<'_>, NotFound> {
             }
             (Child::Drain(call), _, _, Some(drain)) => {
                 look_up(child, drain)?;
-                (drain, call.args().map(OsStr::new).to_vec(), Output::Capture)
+                (drain, call.map(OsStr::new).to_vec(), Output::Capture)
             }
             // Never asked: the plans name these children only with their
             // options.

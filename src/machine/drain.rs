@@ -6,15 +6,17 @@
 //! the deadline is that plus `--drain-timeout`). A TERM or the job's exit
 //! detaches a running script instead of making it something else: it may
 //! finish, its verdict is only recorded, and the stop spares its group
-//! meanwhile. Invariants: while the drain is live, `next_deadline` is never
-//! later than its deadline; once the script is reaped, no action names its
-//! group (what it left there is reached through the tree).
+//! meanwhile. Its status says where it stands (`running`, `waiting`, then
+//! the result), which the machine reads to end the `draining` phase.
+//! Invariants: while the drain is live, `next_deadline` is never later than
+//! its deadline; once the script is reaped, no action names its group (what
+//! it left there is reached through the tree).
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::{Action, Child, Peers, Started, after, error, info, join, secs};
+use super::{Action, Actions, Child, Peers, Started, after, join, secs};
 use crate::exit::Exit;
 use crate::protocol::Drain;
 use crate::tree::Pid;
@@ -26,24 +28,13 @@ pub const SETTLE: Duration = Duration::from_secs(2);
 /// How often peers are asked again while one of them holds the barrier.
 pub const PEER_RECHECK: Duration = Duration::from_millis(250);
 
-/// Which of the two calls of the contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrainCall {
-    /// The first call, when the job is to be stopped.
-    Shutdown,
-    /// A dynamic drain's follow-up, after its negative wait.
-    CheckStatus,
-}
-
-impl DrainCall {
-    /// The script's arguments, exactly as the agent passed them.
-    pub fn args(self) -> [&'static str; 2] {
-        match self {
-            DrainCall::Shutdown => ["job_shutdown", "hash_unchanged"],
-            DrainCall::CheckStatus => ["job_check_status", "hash_unchanged"],
-        }
-    }
-}
+/// A call of the contract: the script's arguments, exactly as the agent
+/// passed them.
+pub type DrainCall = [&'static str; 2];
+/// The first call, when the job is to be stopped.
+pub const SHUTDOWN: DrainCall = ["job_shutdown", "hash_unchanged"];
+/// A dynamic drain's follow-up, after its negative wait.
+pub const CHECK_STATUS: DrainCall = ["job_check_status", "hash_unchanged"];
 
 /// Added to container-run's environment for the script (exactly this text).
 pub const JOB_STATE: (&str, &str) = ("BOSH_JOB_STATE", r#"{"persistent_disk":0}"#);
@@ -65,23 +56,22 @@ pub enum Verdict {
 /// but one signed integer (surrounded by ASCII whitespace) has failed; the
 /// error says which, for the one log line.
 pub fn judge(exit: Exit, stdout: &[u8]) -> Result<Verdict, String> {
+    let failed = |why: String| Err(format!("the drain script {why}"));
     if exit != Exit::Code(0) {
-        return Err(format!("the drain script {exit}"));
+        return failed(exit.to_string());
     }
     if stdout.len() > MAX_OUTPUT {
-        return Err(format!(
-            "the drain script printed more than {MAX_OUTPUT} bytes"
-        ));
+        return failed(format!("printed more than {MAX_OUTPUT} bytes"));
     }
     let text = std::str::from_utf8(stdout).unwrap_or_default();
     let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
-    let not_one = |_| format!("the drain script printed {text:?}, not one integer");
-    let n: i64 = text.parse().map_err(not_one)?;
+    let Ok(n) = text.parse::<i64>() else {
+        return failed(format!("printed {text:?}, not one integer"));
+    };
     let wait = Duration::from_secs(n.unsigned_abs());
-    Ok(if n < 0 {
-        Verdict::WaitThenCheck(wait)
-    } else {
-        Verdict::WaitThenDone(wait)
+    Ok(match n < 0 {
+        true => Verdict::WaitThenCheck(wait),
+        false => Verdict::WaitThenDone(wait),
     })
 }
 
@@ -113,16 +103,6 @@ enum Step {
     Barrier(Option<Instant>, usize),
 }
 
-/// What the drain asks of the rest of the machine besides its actions.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Go(Vec<Action>),
-    /// The drain and the barrier are over: the job is to stop.
-    Stop(Vec<Action>),
-    /// A detached call ended: what it left in its group is spared no longer.
-    Released(Vec<Action>, Pid),
-}
-
 #[derive(Debug)]
 pub struct Drainer {
     plan: DrainPlan,
@@ -133,10 +113,6 @@ pub struct Drainer {
     /// set once, at the SIGTERM.
     deadline: Option<(Instant, Instant)>,
     step: Step,
-}
-
-fn go(acts: Vec<Action>) -> Outcome {
-    Outcome::Go(acts)
 }
 
 impl Drainer {
@@ -158,7 +134,7 @@ impl Drainer {
     }
 
     /// The SIGTERM: the script's first call, or the barrier at once.
-    pub fn begin(&mut self, now: Instant) -> Vec<Action> {
+    pub fn begin(&mut self, now: Instant) -> Actions {
         let (DrainPlan::Barrier { timeout } | DrainPlan::Script { timeout }) = self.plan else {
             return Vec::new();
         };
@@ -169,19 +145,19 @@ impl Drainer {
         }
         self.step = Step::Launching;
         let line = format!("draining: running the drain script (deadline in {timeout:?})");
-        vec![Action::Spawn(Child::Drain(DrainCall::Shutdown)), info(line)]
+        vec![Action::Spawn(Child::Drain(SHUTDOWN)), say!(Info: "{line}")]
     }
 
     /// What became of a call's spawn: one that could not run has failed,
     /// a script that does not exist is skipped (the loop has said which).
-    pub fn started(&mut self, started: Started) -> Vec<Action> {
-        match (&self.step, started) {
-            (Step::Launching, Started::Pid(pid)) => {
-                self.step = Step::Script(pid, None, None, false)
-            }
-            (Step::Launching, Started::Failed(_)) => return self.enter_barrier(Drain::Failed),
-            (Step::Launching, Started::Missing) => return self.enter_barrier(Drain::Skipped),
-            _ => {}
+    pub fn started(&mut self, started: Started) -> Actions {
+        if self.step != Step::Launching {
+            return Vec::new();
+        }
+        match started {
+            Started::Pid(pid) => self.step = Step::Script(pid, None, None, false),
+            Started::Failed(_) => return self.enter_barrier(Drain::Failed),
+            Started::Missing => return self.enter_barrier(Drain::Skipped),
         }
         Vec::new()
     }
@@ -205,26 +181,28 @@ impl Drainer {
     /// The running call's exit or its output came: once both are in, its
     /// verdict decides; a detached call's is only recorded (the job is
     /// stopping, so no wait it asks for matters).
-    pub fn ended(&mut self, now: Instant, exit: Option<Exit>, out: Option<Vec<u8>>) -> Outcome {
-        if let Step::Script(_, e, o, _) = &mut self.step {
-            (*e, *o) = (e.or(exit), o.take().or(out));
-        }
-        let Step::Script(pid, Some(exit), Some(output), detached) = &self.step else {
-            return go(Vec::new());
+    pub fn ended(&mut self, now: Instant, exit: Option<Exit>, out: Option<Vec<u8>>) -> Actions {
+        let Step::Script(_, e, o, detached) = &mut self.step else {
+            return Vec::new();
         };
-        let (pid, detached, verdict) = (*pid, *detached, judge(*exit, output));
+        (*e, *o) = (e.or(exit), o.take().or(out));
+        let (Some(exit), Some(output), detached) = (*e, o.as_deref(), *detached) else {
+            return Vec::new();
+        };
+        let verdict = judge(exit, output);
         if !detached {
-            return go(self.next(now, verdict));
+            return self.next(now, verdict);
         }
-        (self.result, self.step) = (Drain::Done, Step::Idle);
-        let Err(why) = verdict else {
-            return Outcome::Released(vec![info("drain script finished".into())], pid);
+        self.step = Step::Idle;
+        let (result, said) = match verdict {
+            Ok(_) => (Drain::Done, say!(Info: "drain script finished")),
+            Err(why) => (Drain::Failed, say!(Error: "drain failed: {why}")),
         };
-        self.result = Drain::Failed;
-        Outcome::Released(vec![error(format!("drain failed: {why}"))], pid)
+        self.result = result;
+        vec![said]
     }
 
-    fn next(&mut self, now: Instant, verdict: Result<Verdict, String>) -> Vec<Action> {
+    fn next(&mut self, now: Instant, verdict: Result<Verdict, String>) -> Actions {
         let (wait, check, line) = match verdict {
             Ok(Verdict::WaitThenDone(w)) if w.is_zero() => return self.enter_barrier(Drain::Done),
             Ok(Verdict::WaitThenDone(w)) => {
@@ -232,79 +210,75 @@ impl Drainer {
             }
             Ok(Verdict::WaitThenCheck(w)) => (w, true, format!("checking again in {w:?}")),
             Err(why) => {
-                let line = error(format!("drain failed: {why}; stopping the job"));
-                return join(vec![line], self.enter_barrier(Drain::Failed));
+                let said = say!(Error: "drain failed: {why}; stopping the job");
+                return join(vec![said], self.enter_barrier(Drain::Failed));
             }
         };
         self.step = Step::Pause(after(now, wait), check);
-        vec![info(format!("drain: {line}"))]
+        vec![say!(Info: "drain: {line}")]
     }
 
-    fn enter_barrier(&mut self, result: Drain) -> Vec<Action> {
+    fn enter_barrier(&mut self, result: Drain) -> Actions {
         (self.result, self.step) = (result, Step::Barrier(None, 0));
-        let line = format!(
-            "drain {}; checking the pod's other container-runs",
-            result.as_str()
-        );
-        vec![info(line), Action::AskPeers]
+        let result = result.as_str();
+        let said = say!(Info: "drain {result}; checking the pod's other container-runs");
+        vec![said, Action::AskPeers]
     }
 
     /// A round of STATUS is complete: the barrier holds while a peer
     /// drains, or, within the settling window, has a drain yet to begin.
-    pub fn peers(&mut self, now: Instant, peers: Peers) -> Outcome {
+    pub fn peers(&mut self, now: Instant, peers: Peers) -> Actions {
         let (Step::Barrier(None, busy), Some((deadline, settle))) = (&self.step, self.deadline)
         else {
-            return go(Vec::new());
+            return Vec::new();
         };
         let waiting_for = peers.draining + if now < settle { peers.ready } else { 0 };
+        let (busy, left) = (*busy, secs(deadline.saturating_duration_since(now)));
         if waiting_for == 0 {
             self.step = Step::Idle;
-            return Outcome::Stop(Vec::new());
+            return Vec::new();
         }
-        let said = (waiting_for != *busy).then(|| {
-            let left = secs(deadline.saturating_duration_since(now));
-            let line = format!("waiting for {waiting_for} draining container-run(s) of the pod");
-            info(format!("{line} ({left} left)"))
-        });
         self.step = Step::Barrier(Some(after(now, PEER_RECHECK).min(deadline)), waiting_for);
-        go(said.into_iter().collect())
+        if waiting_for == busy {
+            return Vec::new();
+        }
+        let line = format!("waiting for {waiting_for} draining container-run(s) of the pod");
+        vec![say!(Info: "{line} ({left} left)")]
     }
 
     /// Due deadlines: the drain's own first, then its step's.
-    pub fn tick(&mut self, now: Instant) -> Outcome {
+    pub fn tick(&mut self, now: Instant) -> Actions {
         if self.step != Step::Idle && self.deadline.is_some_and(|(d, _)| d <= now) {
             return self.time_out();
         }
         match self.step {
             Step::Pause(until, true) if until <= now => {
                 self.step = Step::Launching;
-                go(vec![Action::Spawn(Child::Drain(DrainCall::CheckStatus))])
+                vec![Action::Spawn(Child::Drain(CHECK_STATUS))]
             }
-            Step::Pause(until, false) if until <= now => go(self.enter_barrier(Drain::Done)),
+            Step::Pause(until, false) if until <= now => self.enter_barrier(Drain::Done),
             Step::Barrier(Some(at), busy) if at <= now => {
                 self.step = Step::Barrier(None, busy);
-                go(vec![Action::AskPeers])
+                vec![Action::AskPeers]
             }
-            _ => go(Vec::new()),
+            _ => Vec::new(),
         }
     }
 
-    fn time_out(&mut self) -> Outcome {
-        let (detached, kill) = (self.spare().is_some(), self.kill_script());
+    fn time_out(&mut self) -> Actions {
+        let what = match self.spare() {
+            Some(_) => "killing its process group",
+            None => "stopping the job",
+        };
+        let mut said = self.kill_script();
         (self.result, self.step) = (Drain::TimedOut, Step::Idle);
-        let late = "drain did not finish within its deadline";
-        if detached {
-            return go(join(
-                kill,
-                vec![error(format!("{late}: killing its process group"))],
-            ));
-        }
-        Outcome::Stop(join(kill, vec![error(format!("{late}: stopping the job"))]))
+        said.push(say!(Error: "drain did not finish within its deadline: {what}"));
+        said
     }
 
     /// SIGKILL to a running call's group; once it is reaped, to what it
     /// left in its group, found through the tree.
-    fn kill_script(&self) -> Vec<Action> {
+    fn kill_script(&self) -> Actions {
         match self.step {
             Step::Script(pid, None, ..) => vec![Action::Signal(pid, Signal::SIGKILL)],
             Step::Script(pid, ..) => vec![Action::SignalMembers(pid, Signal::SIGKILL)],
@@ -318,25 +292,26 @@ impl Drainer {
     pub fn detach(&mut self) {
         match &mut self.step {
             Step::Script(.., detached) => *detached = true,
-            Step::Launching | Step::Pause(..) => {
-                (self.result, self.step) = (Drain::Cancelled, Step::Idle)
-            }
-            Step::Idle | Step::Barrier(..) => self.step = Step::Idle,
+            Step::Launching | Step::Pause(..) => self.result = Drain::Cancelled,
+            Step::Idle | Step::Barrier(..) => {}
+        }
+        if self.spare().is_none() {
+            self.step = Step::Idle;
         }
     }
 
     /// STOP: the drain ends at once, its running call killed.
-    pub fn cancel(&mut self) -> Vec<Action> {
-        let mut acts = self.kill_script();
+    pub fn cancel(&mut self) -> Actions {
+        let mut said = self.kill_script();
         if let Step::Script(.., detached) = self.step {
             let during = if detached { "" } else { " during the drain" };
-            acts.push(info(format!("STOP{during}: killing the drain script")));
+            said.push(say!(Info: "STOP{during}: killing the drain script"));
         }
         if !matches!(self.step, Step::Idle | Step::Barrier(..)) {
             self.result = Drain::Cancelled;
         }
         self.step = Step::Idle;
-        acts
+        said
     }
 
     pub fn status(&self) -> Drain {
@@ -385,13 +360,7 @@ mod tests {
                 .unwrap_err()
                 .contains("signal 9")
         );
-        assert_eq!(
-            DrainCall::Shutdown.args(),
-            ["job_shutdown", "hash_unchanged"]
-        );
-        assert_eq!(
-            DrainCall::CheckStatus.args(),
-            ["job_check_status", "hash_unchanged"]
-        );
+        assert_eq!(SHUTDOWN, ["job_shutdown", "hash_unchanged"]);
+        assert_eq!(CHECK_STATUS, ["job_check_status", "hash_unchanged"]);
     }
 }

@@ -4,13 +4,13 @@
 //! group of the condition or post-start that runs, which it names until that
 //! process is reaped and never after (a pid that is free again may be
 //! someone else's group). Invariants: while the hook is live, its deadline
-//! is in `next_deadline`; once cancelled or over, it asks for nothing.
+//! is in `next_deadline`; once cancelled or over, it asks for nothing. A
+//! post-start that fails says so in its status (`failed`), which the
+//! machine reads to stop the job.
 
 use std::time::{Duration, Instant};
 
-use log::Level;
-
-use super::{Action, Child, Started, after, error, info, say};
+use super::{Action, Actions, Child, Started, after};
 use crate::exit::Exit;
 use crate::protocol::PostStart;
 use crate::tree::Pid;
@@ -20,15 +20,6 @@ pub enum PostStartPlan {
     None,
     Direct,
     AfterCondition,
-}
-
-/// What the hook asks of the rest of the machine besides its actions.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Go(Vec<Action>),
-    /// The post-start failed or ran out of time: the job is to stop and
-    /// container-run to exit 1.
-    Failed(Vec<Action>),
 }
 
 #[derive(Debug)]
@@ -46,9 +37,7 @@ pub struct Hook {
     retry: Option<Instant>,
 }
 
-fn go(acts: Vec<Action>) -> Outcome {
-    Outcome::Go(acts)
-}
+const STOPPING: &str = "stopping the job and exiting with 1";
 
 impl Hook {
     pub fn new(plan: PostStartPlan, timeout: Duration, interval: Duration) -> Hook {
@@ -65,7 +54,7 @@ impl Hook {
     }
 
     /// A start of the job: the condition's first try, or the post-start.
-    pub fn begin(&mut self, now: Instant) -> Vec<Action> {
+    pub fn begin(&mut self, now: Instant) -> Actions {
         let (status, child) = match self.plan {
             PostStartPlan::None => return Vec::new(),
             PostStartPlan::Direct => (PostStart::Running, Child::PostStart),
@@ -79,60 +68,58 @@ impl Hook {
     /// could not be executed (the loop has said why) is a failed try of the
     /// condition, a failed post-start. A post-start that does not exist is
     /// skipped, with no try of its condition.
-    pub fn started(&mut self, now: Instant, started: Started) -> Outcome {
+    pub fn started(&mut self, now: Instant, started: Started) -> Actions {
         match (started, self.status) {
-            (_, _) if self.deadline.is_none() => {}
+            _ if self.deadline.is_none() => {}
             (Started::Pid(pid), _) => self.group = Some(pid),
             (Started::Missing, _) => (self.status, self.deadline) = (PostStart::Skipped, None),
             (Started::Failed(_), PostStart::Pending) => {
                 self.retry = Some(after(now, self.interval))
             }
-            (Started::Failed(_), _) => return self.fail(Vec::new()),
+            (Started::Failed(_), _) => self.fail(),
         }
-        go(Vec::new())
+        Vec::new()
     }
 
     /// The condition's or post-start's process was reaped.
-    pub fn exited(&mut self, now: Instant, exit: Exit) -> Outcome {
+    pub fn exited(&mut self, now: Instant, exit: Exit) -> Actions {
         self.group = None;
         match (self.status, exit) {
-            _ if self.deadline.is_none() => go(Vec::new()),
+            _ if self.deadline.is_none() => Vec::new(),
             (PostStart::Pending, Exit::Code(0)) => {
                 self.status = PostStart::Running;
-                go(vec![Action::Spawn(Child::PostStart)])
+                vec![Action::Spawn(Child::PostStart)]
             }
             (PostStart::Pending, _) => {
                 self.retry = Some(after(now, self.interval));
-                go(vec![say(
-                    Level::Debug,
-                    format!("post-start condition {exit}"),
-                )])
+                vec![say!(Debug: "post-start condition {exit}")]
             }
             (_, Exit::Code(0)) => {
                 (self.status, self.deadline) = (PostStart::Done, None);
-                go(vec![info("post-start done".into())])
+                vec![say!(Info: "post-start done")]
             }
-            _ => self.fail(vec![error(format!("post-start {exit}: {STOPPING}"))]),
+            _ => {
+                self.fail();
+                vec![say!(Error: "post-start {exit}: {STOPPING}")]
+            }
         }
     }
 
-    fn fail(&mut self, said: Vec<Action>) -> Outcome {
+    fn fail(&mut self) {
         (self.status, self.deadline, self.retry) = (PostStart::Failed, None, None);
-        Outcome::Failed(said)
     }
 
     /// Due deadlines: the whole hook's, then the condition's next try.
-    pub fn tick(&mut self, now: Instant) -> Outcome {
+    pub fn tick(&mut self, now: Instant) -> Actions {
         if self.deadline.is_some_and(|d| d <= now) {
+            self.fail();
             let t = self.timeout;
-            return self.fail(vec![error(format!(
-                "post-start did not finish within {t:?}: {STOPPING}"
-            ))]);
+            return vec![say!(Error: "post-start did not finish within {t:?}: {STOPPING}")];
         }
-        match self.retry.take_if(|at| *at <= now) {
-            Some(_) => go(vec![Action::Spawn(Child::Condition)]),
-            None => go(Vec::new()),
-        }
+        let due = self.retry.take_if(|at| *at <= now);
+        due.map(|_| Action::Spawn(Child::Condition))
+            .into_iter()
+            .collect()
     }
 
     /// A stop: the hook asks for nothing more; its group, while it lives,
@@ -156,5 +143,3 @@ impl Hook {
         self.deadline.map(retry)
     }
 }
-
-const STOPPING: &str = "stopping the job and exiting with 1";
