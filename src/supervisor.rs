@@ -25,10 +25,9 @@ use nix::sys::time::TimeSpec;
 use crate::cli::RunConfig;
 use crate::error::{Fatal, os_phrase};
 use crate::exit;
-use crate::machine::{
-    Action, Child, DrainPlan, Event, JOB_STATE, MAX_OUTPUT, Machine, MachineConfig, NO_NEXT_STATE,
-    PostStartPlan, Started,
-};
+use crate::machine::drain::{DrainPlan, JOB_STATE, MAX_OUTPUT, NO_NEXT_STATE};
+use crate::machine::hook::PostStartPlan;
+use crate::machine::{Action, Child, Event, Machine, MachineConfig, Started};
 use crate::peers::PeerRound;
 use crate::protocol::{ControlCommand, State, Status};
 use crate::socket::ControlSocket;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::{Action, Actions, Child, Peers, Started, after, join, secs};
+use super::{Action, Actions, Child, Peers, Started, after, secs};
 use crate::exit::Exit;
 use crate::protocol::Drain;
 use crate::tree::Pid;
@@ -203,15 +203,14 @@ impl Drainer {
     }
 
     fn next(&mut self, now: Instant, verdict: Result<Verdict, String>) -> Actions {
+        use Verdict::{WaitThenCheck, WaitThenDone};
         let (wait, check, line) = match verdict {
-            Ok(Verdict::WaitThenDone(w)) if w.is_zero() => return self.enter_barrier(Drain::Done),
-            Ok(Verdict::WaitThenDone(w)) => {
-                (w, false, format!("waiting {w:?} as the script asked"))
-            }
-            Ok(Verdict::WaitThenCheck(w)) => (w, true, format!("checking again in {w:?}")),
+            Ok(WaitThenDone(w)) if w.is_zero() => return self.enter_barrier(Drain::Done),
+            Ok(WaitThenDone(w)) => (w, false, format!("waiting {w:?} as the script asked")),
+            Ok(WaitThenCheck(w)) => (w, true, format!("checking again in {w:?}")),
             Err(why) => {
                 let said = say!(Error: "drain failed: {why}; stopping the job");
-                return join(vec![said], self.enter_barrier(Drain::Failed));
+                return [vec![said], self.enter_barrier(Drain::Failed)].concat();
             }
         };
         self.step = Step::Pause(after(now, wait), check);
@@ -289,23 +288,24 @@ impl Drainer {
     /// TERM or the job's exit during the drain: a running call may finish,
     /// detached; a wait ends (`cancelled`); the barrier ends with the
     /// drain's result.
-    pub fn detach(&mut self) {
+    pub fn detach(&mut self) -> Actions {
         match &mut self.step {
             Step::Script(.., detached) => *detached = true,
             Step::Launching | Step::Pause(..) => self.result = Drain::Cancelled,
             Step::Idle | Step::Barrier(..) => {}
         }
-        if self.spare().is_none() {
-            self.step = Step::Idle;
+        if self.spare().is_some() {
+            return vec![say!(Info: "the job stops; the drain script may finish")];
         }
+        self.step = Step::Idle;
+        Vec::new()
     }
 
     /// STOP: the drain ends at once, its running call killed.
     pub fn cancel(&mut self) -> Actions {
         let mut said = self.kill_script();
-        if let Step::Script(.., detached) = self.step {
-            let during = if detached { "" } else { " during the drain" };
-            said.push(say!(Info: "STOP{during}: killing the drain script"));
+        if let Step::Script(..) = self.step {
+            said.push(say!(Info: "STOP: killing the drain script"));
         }
         if !matches!(self.step, Step::Idle | Step::Barrier(..)) {
             self.result = Drain::Cancelled;

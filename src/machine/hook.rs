@@ -76,7 +76,7 @@ impl Hook {
             (Started::Failed(_), PostStart::Pending) => {
                 self.retry = Some(after(now, self.interval))
             }
-            (Started::Failed(_), _) => self.fail(),
+            (Started::Failed(_), _) => return self.fail(Vec::new()),
         }
         Vec::new()
     }
@@ -98,23 +98,22 @@ impl Hook {
                 (self.status, self.deadline) = (PostStart::Done, None);
                 vec![say!(Info: "post-start done")]
             }
-            _ => {
-                self.fail();
-                vec![say!(Error: "post-start {exit}: {STOPPING}")]
-            }
+            _ => self.fail(vec![say!(Error: "post-start {exit}: {STOPPING}")]),
         }
     }
 
-    fn fail(&mut self) {
+    fn fail(&mut self, said: Actions) -> Actions {
         (self.status, self.deadline, self.retry) = (PostStart::Failed, None, None);
+        said
     }
 
     /// Due deadlines: the whole hook's, then the condition's next try.
     pub fn tick(&mut self, now: Instant) -> Actions {
         if self.deadline.is_some_and(|d| d <= now) {
-            self.fail();
             let t = self.timeout;
-            return vec![say!(Error: "post-start did not finish within {t:?}: {STOPPING}")];
+            return self.fail(vec![
+                say!(Error: "post-start did not finish within {t:?}: {STOPPING}"),
+            ]);
         }
         let due = self.retry.take_if(|at| *at <= now);
         due.map(|_| Action::Spawn(Child::Condition))

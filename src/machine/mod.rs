@@ -45,14 +45,11 @@ macro_rules! say {
     };
 }
 
-mod drain;
-mod hook;
+pub mod drain;
+pub mod hook;
 
-use drain::Drainer;
-pub use drain::{CHECK_STATUS, DrainCall, DrainPlan, SHUTDOWN};
-pub use drain::{JOB_STATE, MAX_OUTPUT, NO_NEXT_STATE};
-use hook::Hook;
-pub use hook::PostStartPlan;
+use drain::{DrainCall, DrainPlan, Drainer};
+use hook::{Hook, PostStartPlan};
 
 #[derive(Debug, Clone, Copy)]
 pub struct MachineConfig {
@@ -226,11 +223,6 @@ fn nop() -> Actions {
     Vec::new()
 }
 
-fn join(mut first: Actions, then: Actions) -> Actions {
-    first.extend(then);
-    first
-}
-
 fn start_ignored() -> Actions {
     vec![say!(Info: "START ignored: container-run is shutting down")]
 }
@@ -261,12 +253,12 @@ impl Machine {
         match (self.phase, event) {
             (Stopped, Boot) => self.boot(),
             (Running | Draining | Stopping, Boot) => nop(),
-            (Stopped, Command(Start)) => join(vec![Action::Spawn(Main)], self.unhold()),
+            (Stopped, Command(Start)) => [vec![Action::Spawn(Main)], self.unhold()].concat(),
             (Running, Command(Start)) => self.unhold(),
             (Draining, Command(Start)) => start_ignored(),
             (Stopping, Command(Start)) => self.stop_again(Then::Start),
             (Stopped, Command(Stop)) => self.hold(),
-            (Running, Command(Stop)) => join(self.stop_job(now, Then::Stay), self.hold()),
+            (Running, Command(Stop)) => [self.stop_job(now, Then::Stay), self.hold()].concat(),
             (Draining, Command(Stop)) => self.stop_the_drain(now),
             (Stopping, Command(Stop)) => self.stop_while_stopping(),
             (Stopped, Command(Term)) => self.end(self.errand_or(Then::Stay)),
@@ -311,8 +303,7 @@ impl Machine {
     fn reaped(&mut self, now: Instant, pid: Pid, exit: Exit) -> Actions {
         if self.job.is_some_and(|(main, _)| main == pid) {
             return match self.phase {
-                State::Running => self.main_ended(now, pid, exit),
-                State::Draining => self.main_ended_in_drain(now, pid, exit),
+                State::Running | State::Draining => self.main_ended(now, pid, exit),
                 State::Stopping => self.main_gone(pid, exit),
                 State::Stopped => nop(),
             };
@@ -369,7 +360,7 @@ impl Machine {
     /// STOP during a stop also ends a drain script that a TERM let run on.
     fn stop_while_stopping(&mut self) -> Actions {
         self.stop_again(Then::Stay);
-        join(self.drain.cancel(), self.hold())
+        [self.drain.cancel(), self.hold()].concat()
     }
 
     /// An errand's container-run ends with the errand on TERM or SIGTERM.
@@ -409,7 +400,7 @@ impl Machine {
         let cancel = hook.map(|g| Action::Terminate(None, Some(g), Signal::SIGTERM));
         self.hook.cancel();
         self.phase = State::Draining;
-        join(cancel.into_iter().collect(), self.drain.begin(now))
+        [cancel.into_iter().collect(), self.drain.begin(now)].concat()
     }
 
     /// A repeated SIGTERM: one line with the time left; it neither
@@ -429,17 +420,14 @@ impl Machine {
     fn stop_the_drain(&mut self, now: Instant) -> Actions {
         let killed = self.drain.cancel();
         let stop = self.stop_job(now, self.shutdown_then());
-        join(join(killed, stop), self.hold())
+        [killed, stop, self.hold()].concat()
     }
 
     /// TERM during the drain (a drain script's own `bpm stop`): the job
     /// stops, and the script may run to its end.
     fn term_the_drain(&mut self, now: Instant) -> Actions {
-        self.drain.detach();
-        let line = "TERM during the drain: stopping the job; the drain script may finish";
-        let said = self.drain.spare().map(|_| say!(Info: "{line}"));
-        let stop = self.stop_job(now, self.shutdown_then());
-        join(stop, said.into_iter().collect())
+        let said = self.drain.detach();
+        [self.stop_job(now, self.shutdown_then()), said].concat()
     }
 
     /// The groups whose leaders live: the job's, and the hook's if asked.
@@ -456,17 +444,17 @@ impl Machine {
     }
 
     fn main_started(&mut self, now: Instant, started: Started) -> Actions {
-        let code = match started {
-            Started::Pid(pid) => {
-                (self.phase, self.job) = (State::Running, Some((pid, now)));
-                self.starts += 1;
-                return join(vec![Action::WriteRunFiles(pid)], self.hook.begin(now));
-            }
-            Started::Failed(code) => code,
-            Started::Missing => exit::NOT_FOUND,
+        let Started::Pid(pid) = started else {
+            let code = if let Started::Failed(c) = started {
+                c
+            } else {
+                exit::NOT_FOUND
+            };
+            self.last_exit = Some(Exit::Code(code));
+            return vec![Action::Exit(code)];
         };
-        self.last_exit = Some(Exit::Code(code));
-        vec![Action::Exit(code)]
+        (self.phase, self.job, self.starts) = (State::Running, Some((pid, now)), self.starts + 1);
+        [vec![Action::WriteRunFiles(pid)], self.hook.begin(now)].concat()
     }
 
     /// A step of the hook, and the rule that crosses from it: a post-start
@@ -477,7 +465,7 @@ impl Machine {
         if self.phase != State::Running || self.hook.status() != PostStart::Failed {
             return said;
         }
-        join(self.stop_job(now, Then::Exit(exit::FAILURE)), said)
+        [self.stop_job(now, Then::Exit(exit::FAILURE)), said].concat()
     }
 
     /// A step of the drain, and the rules that cross from it: a drain (and
@@ -489,18 +477,16 @@ impl Machine {
         let said = f(&mut self.drain);
         let live = matches!(self.drain.status(), Drain::Running | Drain::Waiting);
         if self.phase == State::Draining && !live {
-            return join(self.stop_job(now, self.shutdown_then()), said);
+            return [self.stop_job(now, self.shutdown_then()), said].concat();
         }
         let Some(group) = spared.filter(|_| self.drain.spare().is_none()) else {
             return said;
         };
-        let killed = matches!(self.stop, Some(Stop { kill_at: None, .. }));
-        let signal = if killed {
-            Signal::SIGKILL
-        } else {
-            Signal::SIGTERM
+        let signal = match self.stop {
+            Some(Stop { kill_at: None, .. }) => Signal::SIGKILL,
+            _ => Signal::SIGTERM,
         };
-        join(vec![Action::SignalMembers(group, signal)], said)
+        [vec![Action::SignalMembers(group, signal)], said].concat()
     }
 
     /// Stop the job from `running` or `draining`: the stop's first signal,
@@ -529,40 +515,31 @@ impl Machine {
             return nop();
         };
         self.last_exit = Some(exit);
-        let hook = self.hook.group();
-        let first = self
-            .stop_job(now, then)
-            .into_iter()
-            .filter(|_| hook.is_some());
-        first.chain([self.sweep(pid, false)]).collect()
+        let (hook, stop) = (self.hook.group(), self.stop_job(now, then));
+        let first = if hook.is_some() { stop } else { nop() };
+        [first, vec![self.sweep(pid, false)]].concat()
     }
 
-    /// The job's process ended by itself while running: an errand's
-    /// container-run exits with its status, and so does any other after a
-    /// crash; after exit 0 it waits for START.
+    /// The job's process ended by itself while running or draining: an
+    /// errand's container-run exits with its status, and so does any other
+    /// after a crash or during the drain (whose waits it ends; a running
+    /// script may finish); after exit 0 it waits for START.
     fn main_ended(&mut self, now: Instant, pid: Pid, exit: Exit) -> Actions {
         let (status, errand) = (exit::from_wait(exit), self.cfg.errand);
         let head = format!("process {pid} {exit}");
         let exiting = format!("exiting with {status}");
-        let said = match (errand, status) {
-            (true, _) => say!(Info: "errand {head}: {exiting} {GONE}"),
-            (false, 0) => say!(Info: "{head}: stopped, waiting for START"),
+        let said = match (self.phase, errand, status) {
+            (State::Draining, ..) => say!(Info: "the job's {head} during the drain"),
+            (_, true, _) => say!(Info: "errand {head}: {exiting} once its tree is gone"),
+            (_, false, 0) => say!(Info: "{head}: stopped, waiting for START"),
             _ => say!(Error: "{head}: stopping and {exiting}"),
         };
-        let then = match (errand, status) {
-            (false, 0) => Then::Stay,
+        let then = match (self.phase, errand, status) {
+            (State::Running, false, 0) => Then::Stay,
             _ => Then::Exit(status),
         };
-        join(vec![said], self.stop_after_exit(now, exit, then))
-    }
-
-    /// The job's own exit during the drain ends any wait; a running script
-    /// may finish; container-run exits with the job's status.
-    fn main_ended_in_drain(&mut self, now: Instant, pid: Pid, exit: Exit) -> Actions {
-        self.drain.detach();
-        let said = say!(Info: "the job's process {pid} {exit} during the drain");
-        let then = Then::Exit(exit::from_wait(exit));
-        join(vec![said], self.stop_after_exit(now, exit, then))
+        let said = [vec![said], self.drain.detach()].concat();
+        [said, self.stop_after_exit(now, exit, then)].concat()
     }
 
     /// The job's process ended during its stop: what escaped its group is
@@ -591,7 +568,7 @@ impl Machine {
         }
         let t = self.cfg.stop_timeout;
         let line = say!(Info: "stop timeout of {t:?} reached: killing what is left");
-        join(said, vec![self.kill_tree(), line])
+        [said, vec![self.kill_tree(), line]].concat()
     }
 
     /// Every exited child is reaped: with nothing left, the stop is over;
@@ -614,7 +591,7 @@ impl Machine {
             None => String::new(),
         };
         let said = say!(Info: "stopped (the job's process {how}){what_next}");
-        join(vec![Action::RemoveRunFiles, said], next)
+        [vec![Action::RemoveRunFiles, said], next].concat()
     }
 
     /// While stopping and before SIGKILL: what is left until it.
@@ -626,12 +603,8 @@ impl Machine {
     /// The earliest instant at which `Tick` has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let kill_at = self.stop.as_ref().and_then(|stop| stop.kill_at);
-        let waits = [
-            kill_at,
-            self.hook.next_deadline(),
-            self.drain.next_deadline(),
-        ];
-        waits.into_iter().flatten().min()
+        let (hook, drain) = (self.hook.next_deadline(), self.drain.next_deadline());
+        [kill_at, hook, drain].into_iter().flatten().min()
     }
 
     pub fn snapshot(&self, now: Instant) -> Snapshot {
@@ -660,10 +633,9 @@ impl Machine {
     }
 }
 
-const GONE: &str = "once its tree is gone";
-
 #[cfg(test)]
 mod tests {
+    use super::drain::{CHECK_STATUS, SHUTDOWN};
     use super::*;
     use ControlCommand::*;
 
