@@ -7,32 +7,32 @@
 //! Single threaded; with nothing due it sleeps without timeout.
 
 use std::collections::VecDeque;
-use std::ffi::OsStr;
 use std::io::Read;
 use std::ops::ControlFlow;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use log::Level;
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, ppoll};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::time::TimeSpec;
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
 
+mod children;
+mod poll;
+mod setup;
+
+use self::poll::{Ready, Sources};
 use crate::cli::RunConfig;
 use crate::error::{Fatal, os_phrase};
 use crate::exit;
-use crate::machine::drain::{DrainPlan, JOB_STATE, MAX_OUTPUT, NO_NEXT_STATE};
-use crate::machine::hook::PostStartPlan;
-use crate::machine::{Action, Child, Event, Machine, MachineConfig, Started};
+use crate::machine::drain::MAX_OUTPUT;
+use crate::machine::{Action, Child, Event, Machine};
 use crate::peers::PeerRound;
 use crate::protocol::{ControlCommand, State, Status};
 use crate::socket::ControlSocket;
 use crate::state_files::{self, Base};
-use crate::tree::{self, Inherited, Output, SpawnSpec};
+use crate::tree::{self, Inherited};
 
 /// Signals container-run reads from its signalfd; they stay blocked in
 /// container-run itself, and are unblocked in every child before exec.
@@ -78,61 +78,20 @@ pub struct Supervisor {
     poll_pause: Option<Duration>,
 }
 
-/// Which of the loop's sources `ppoll` found ready.
-#[derive(Debug, Default, Clone, Copy)]
-struct Ready {
-    signals: bool,
-    socket: bool,
-    watch: bool,
-    drain_out: bool,
-    peers: bool,
-}
-
-impl Ready {
-    /// Every source, read without waiting (each is non-blocking).
-    fn all() -> Ready {
-        Ready {
-            signals: true,
-            socket: true,
-            watch: true,
-            drain_out: true,
-            peers: true,
-        }
-    }
-}
-
-/// The descriptors of one `ppoll`, only those that exist now.
-#[derive(Default)]
-struct PollSet<'a> {
-    fds: Vec<PollFd<'a>>,
-}
-
-impl<'a> PollSet<'a> {
-    fn add(&mut self, fd: BorrowedFd<'a>, events: PollFlags) -> usize {
-        self.fds.push(PollFd::new(fd, events));
-        self.fds.len() - 1
-    }
-
-    fn ready(&self, at: Option<usize>) -> bool {
-        at.and_then(|i| self.fds[i].revents())
-            .is_some_and(|r| !r.is_empty())
-    }
-}
-
 /// Set up everything fallible (signals, directories, socket) before the job
 /// is started: an error here leaves nothing running and nothing bound.
 pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
     // A command that does not exist at all fails before anything is
     // created; one that exists but cannot be executed fails at spawn (126).
     let program = cfg.command.program();
-    if find_program(program).is_none() {
+    if children::find_program(program).is_none() {
         return Err(Fatal::Exec {
             code: exit::NOT_FOUND,
             message: format!("{}: command not found", program.to_string_lossy()),
         });
     }
-    let signals = block_signals()?;
-    become_reaper()?;
+    let signals = setup::block_signals()?;
+    setup::become_reaper()?;
     let inherited = tree::inherited_dispositions();
     let paths = &cfg.paths;
     let base = Base::open(&paths.base, true)
@@ -146,8 +105,8 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
     state_files::remove_run_files(&base, paths)
         .map_err(|e| Fatal::setup("cannot remove stale run files", e))?;
     state_files::install_links(&base, paths);
-    let hold = hold_found(&base, &cfg);
-    let machine = Machine::new(machine_config(&cfg), hold);
+    let hold = setup::hold_found(&base, &cfg);
+    let machine = Machine::new(setup::machine_config(&cfg), hold);
     log::debug!("control socket {}", socket.path().display());
     let mut sup = Supervisor {
         cfg,
@@ -166,84 +125,6 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
         return Ok(code);
     }
     Ok(sup.event_loop())
-}
-
-fn block_signals() -> Result<SignalFd, Fatal> {
-    let mut mask = SigSet::empty();
-    for sig in HANDLED {
-        mask.add(sig);
-    }
-    mask.thread_block()
-        .map_err(|e| Fatal::setup("cannot block signals", e))?;
-    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| Fatal::setup("cannot create a signalfd", e))
-}
-
-fn become_reaper() -> Result<(), Fatal> {
-    if std::process::id() == 1 {
-        log::debug!("running as PID 1: reaping every orphan of the container");
-    } else {
-        nix::sys::prctl::set_child_subreaper(true)
-            .map_err(|e| Fatal::setup("cannot become a child subreaper", e))?;
-        log::debug!("child subreaper: orphans of the job are re-parented here");
-    }
-    Ok(())
-}
-
-/// Whether an operator's STOP holds the job stopped; said once at start-up.
-fn hold_found(base: &Base, cfg: &RunConfig) -> bool {
-    let paths = &cfg.paths;
-    let hold = state_files::hold_in_force(base, paths);
-    if hold {
-        let process = if paths.process == paths.job {
-            String::new()
-        } else {
-            format!(" -p {}", paths.process)
-        };
-        log::info!(
-            "STOP marker {} found: staying stopped until `container-run ctl start {}{process}`",
-            paths.stopped.display(),
-            paths.job,
-        );
-    }
-    hold
-}
-
-/// The options turned into the machine's plans, once: the loop asks the
-/// same options for a child's command only when a plan names that child.
-fn machine_config(cfg: &RunConfig) -> MachineConfig {
-    let post_start = match (&cfg.post_start, &cfg.condition) {
-        (None, _) => PostStartPlan::None,
-        (Some(_), None) => PostStartPlan::Direct,
-        (Some(_), Some(_)) => PostStartPlan::AfterCondition,
-    };
-    let drain = match &cfg.drain {
-        _ if cfg.drain_timeout.is_zero() => DrainPlan::Off,
-        None => DrainPlan::Barrier {
-            timeout: cfg.drain_timeout,
-        },
-        Some(program) => {
-            // Looked up again when it is due: it may appear meanwhile.
-            if find_program(program).is_none() {
-                log::warn!(
-                    "drain {} not found: the drain will be skipped unless it appears",
-                    program.to_string_lossy()
-                );
-            }
-            DrainPlan::Script {
-                timeout: cfg.drain_timeout,
-            }
-        }
-    };
-    MachineConfig {
-        stop_timeout: cfg.stop_timeout,
-        post_start_timeout: cfg.post_start_timeout,
-        condition_interval: cfg.condition_interval,
-        post_start,
-        drain,
-        errand: cfg.errand,
-        stop_signal: cfg.stop_signal,
-    }
 }
 
 impl Supervisor {
@@ -265,47 +146,19 @@ impl Supervisor {
     /// One `ppoll` over the sources that exist now, until the earliest
     /// deadline (none: no timeout).
     fn wait(&mut self) -> Ready {
-        let deadline = [
+        let waits = [
             self.machine.next_deadline(),
             self.peers.as_ref().map(PeerRound::deadline),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        let timeout =
-            deadline.map(|d| TimeSpec::from_duration(d.saturating_duration_since(Instant::now())));
-        let (result, ready) = {
-            let mut set = PollSet::default();
-            let signals = set.add(self.signals.as_fd(), PollFlags::POLLIN);
-            let socket = set.add(self.socket.as_fd(), PollFlags::POLLIN);
-            let watch = self
-                .socket
-                .watch_fd()
-                .map(|fd| set.add(fd, PollFlags::POLLIN));
-            let drain_out = self.drain_out.as_ref();
-            let drain_out = drain_out.map(|(f, _)| set.add(f.as_fd(), PollFlags::POLLIN));
-            let peers = self
-                .peers
-                .as_ref()
-                .map(|p| set.add(p.as_fd(), PollFlags::POLLIN));
-            if crate::logger::pending() {
-                // Held log lines: only the wake-up matters, they go out at
-                // the loop's top. SAFETY: fd 2 stays open for container-run's
-                // whole life.
-                set.add(unsafe { BorrowedFd::borrow_raw(2) }, PollFlags::POLLOUT);
-            }
-            let result = ppoll(&mut set.fds, timeout, None);
-            let ready = Ready {
-                signals: set.ready(Some(signals)),
-                socket: set.ready(Some(socket)),
-                watch: set.ready(watch),
-                drain_out: set.ready(drain_out),
-                peers: set.ready(peers),
-            };
-            (result, ready)
+        ];
+        let sources = Sources {
+            signals: self.signals.as_fd(),
+            socket: self.socket.as_fd(),
+            watch: self.socket.watch_fd(),
+            drain_out: self.drain_out.as_ref().map(|(out, _)| out.as_fd()),
+            peers: self.peers.as_ref().map(PeerRound::as_fd),
         };
-        match result {
-            Ok(_) => {
+        match poll::wait(sources, waits.into_iter().flatten().min()) {
+            Ok(ready) => {
                 self.poll_pause = None;
                 ready
             }
@@ -621,112 +474,15 @@ impl Supervisor {
         self.feed(Event::PeersAnswered(tally))
     }
 
-    /// Start `child` as the machine asked, and say so.
+    /// Start `child` as the machine asked; the drain script's stdout is
+    /// read from then on.
     fn spawn(&mut self, child: Child) -> Event {
-        let spec = match choose(&self.cfg, child) {
-            Ok(spec) => spec,
-            Err(missing) => {
-                log::info!("{} {} not found: skipped", missing.what, missing.program);
-                return Event::Spawned(child, Started::Missing);
-            }
-        };
-        let program = spec.program.to_string_lossy();
-        match tree::spawn(&spec, &self.inherited) {
-            Ok(spawned) => {
-                let pid = spawned.pid;
-                let paths = &self.cfg.paths;
-                match child {
-                    Child::Main => log::info!(
-                        "running {program} as pid {pid} (job {}, process {})",
-                        paths.job,
-                        paths.process
-                    ),
-                    Child::Condition => log::debug!("post-start condition runs as pid {pid}"),
-                    Child::PostStart | Child::Drain(_) => {
-                        log::info!("running {} {program} as pid {pid}", what(child))
-                    }
-                }
-                if let Some(fd) = spawned.stdout {
-                    self.drain_out = Some((nonblocking(fd), Vec::new()));
-                }
-                Event::Spawned(child, Started::Pid(pid))
-            }
-            Err(e) => {
-                // The job's own command gets the one-line style of every
-                // fatal error (`container-run: /etc/passwd: permission
-                // denied`), as it ends container-run with 126 or 127.
-                if child == Child::Main {
-                    log::info!("{}", e.message);
-                } else {
-                    log::error!("{}: {}", what(child), e.message);
-                }
-                Event::Spawned(child, Started::Failed(e.code))
-            }
+        let (started, stdout) = children::spawn(&self.cfg, &self.inherited, child);
+        if let Some(file) = stdout {
+            self.drain_out = Some((file, Vec::new()));
         }
+        Event::Spawned(child, started)
     }
-}
-
-/// A command that is not there when it is due: skipped, with one line.
-struct NotFound {
-    what: &'static str,
-    program: String,
-}
-
-/// The command of `child`, from the options its plan came from
-/// (`machine_config`). The post-start and the drain are looked up when they
-/// are due; the condition runs only for a post-start that exists (SPEC
-/// sections 5 and 8).
-fn choose(cfg: &RunConfig, child: Child) -> Result<SpawnSpec<'_>, NotFound> {
-    let (program, args, output): (&OsStr, Vec<&OsStr>, Output) =
-        match (child, &cfg.post_start, &cfg.condition, &cfg.drain) {
-            (Child::Main, ..) => (
-                cfg.command.program(),
-                os(cfg.command.args()),
-                Output::Inherit,
-            ),
-            (Child::Condition, Some(post_start), Some(condition), _) => {
-                look_up(Child::PostStart, &post_start.program)?;
-                (&condition.program, os(&condition.args), Output::Discard)
-            }
-            (Child::PostStart, Some(post_start), _, _) => {
-                look_up(child, &post_start.program)?;
-                (&post_start.program, os(&post_start.args), Output::Inherit)
-            }
-            (Child::Drain(call), _, _, Some(drain)) => {
-                look_up(child, drain)?;
-                (drain, call.map(OsStr::new).to_vec(), Output::Capture)
-            }
-            // Never asked: the plans name these children only with their
-            // options.
-            (Child::Condition | Child::PostStart | Child::Drain(_), ..) => {
-                return Err(NotFound {
-                    what: what(child),
-                    program: String::new(),
-                });
-            }
-        };
-    let drain = matches!(child, Child::Drain(_));
-    Ok(SpawnSpec {
-        program,
-        args,
-        output,
-        env_add: if drain { &[JOB_STATE] } else { &[] },
-        env_remove: if drain { &[NO_NEXT_STATE] } else { &[] },
-    })
-}
-
-fn look_up(child: Child, program: &OsStr) -> Result<(), NotFound> {
-    match find_program(program) {
-        Some(_) => Ok(()),
-        None => Err(NotFound {
-            what: what(child),
-            program: program.to_string_lossy().into_owned(),
-        }),
-    }
-}
-
-fn os(args: &[std::ffi::OsString]) -> Vec<&OsStr> {
-    args.iter().map(|a| a.as_os_str()).collect()
 }
 
 /// Log a failed file operation; whether it succeeded.
@@ -738,39 +494,6 @@ fn report(what: &str, result: std::io::Result<()>) -> bool {
             false
         }
     }
-}
-
-fn what(child: Child) -> &'static str {
-    match child {
-        Child::Main => "job",
-        Child::Condition => "post-start condition",
-        Child::PostStart => "post-start",
-        Child::Drain(_) => "drain",
-    }
-}
-
-fn nonblocking(fd: OwnedFd) -> std::fs::File {
-    let file = std::fs::File::from(fd);
-    if let Err(e) = nix::fcntl::fcntl(
-        &file,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    ) {
-        log::warn!("cannot make the drain's output non-blocking: {e}");
-    }
-    file
-}
-
-/// A command "exists as a path or on PATH" (the post-start, the drain, the
-/// job).
-fn find_program(program: &OsStr) -> Option<PathBuf> {
-    let p = std::path::Path::new(program);
-    if program.as_encoded_bytes().contains(&b'/') {
-        return p.exists().then(|| p.to_path_buf());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
 }
 
 fn same_addr(a: &SocketAddr, b: &SocketAddr) -> bool {
