@@ -1170,7 +1170,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_missing_or_late_drain_never_blocks_the_stop() {
+    fn a_failed_missing_or_overdue_drain_never_blocks_the_stop() {
         for (exit, out) in [(code(0), "garbage"), (code(1), "0"), (killed(9), "")] {
             let (mut m, t) = draining();
             assert_eq!(call_ends(&mut m, t, DRAIN, exit, out), [Action::AskPeers]);
