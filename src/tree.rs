@@ -293,13 +293,20 @@ pub fn descendants() -> Vec<ProcEntry> {
 /// group, SIGTERM to the hook's, and SIGCONT to both (a process stopped
 /// with SIGSTOP must act on what it was sent). Groups only: finding what
 /// escaped them means reading /proc, which waits for the job's exit
-/// (`sweep`).
+/// (`sweep`). Then the CPU is yielded: the kernel wakes a signalled process
+/// on the signaller's CPU, where it would wait for the stop's bookkeeping
+/// (its log line, the STOP marker, the reply) before it could act on its
+/// signal.
 pub fn terminate(job: Option<Pid>, hook: Option<Pid>, signal: Signal) {
     for (group, first) in [(job, signal), (hook, Signal::SIGTERM)] {
         if let Some(group) = group {
             signal_group(group, first);
             signal_group(group, Signal::SIGCONT);
         }
+    }
+    // SAFETY: sched_yield takes no argument and cannot fail on Linux.
+    unsafe {
+        libc::sched_yield();
     }
 }
 
