@@ -1,8 +1,9 @@
 //! The supervisor's state machine (SPEC sections 4, 5, 8 and 9), pure: it
 //! makes no system call and writes no log line. Three regions, in the
 //! manner of s6-supervise's table:
-//! - the job's phase, here: `Stopped`, `Running`, `Draining`, `Stopping`
-//!   (with `Then`, what follows the stop);
+//! - the job's phase, here: stopped, running, draining, stopping (the
+//!   protocol's `State`), with, while stopping, its `Stop`: `Then`, what
+//!   follows the stop, and when SIGKILL is due;
 //! - the post-start (`hook`): its status, its running group, its deadline;
 //! - the drain and the barrier (`drain`): the script, its waits, the
 //!   barrier, one deadline.
@@ -27,7 +28,8 @@
 //! - no action names a process group whose leader was reaped (the pid may be
 //!   someone else's by then): what is left of such a group is found through
 //!   the tree;
-//! - a command's signals and spawns come before anything else it causes.
+//! - a stop's first signal comes before anything else it causes (the loop
+//!   writes the command's log line after it, then the marker).
 
 use std::time::{Duration, Instant};
 
