@@ -35,14 +35,17 @@ impl Started {
         self.child.id() as i32
     }
 
-    /// The one child of the started process (container-run under strace,
-    /// the namespace's first process under unshare).
-    fn only_child(&mut self) -> i32 {
+    /// The child of the started process that runs `exe` (container-run
+    /// under strace, which may fork a probe of its own first; the
+    /// namespace's first process under unshare).
+    fn child_running(&mut self, exe: &Path) -> i32 {
         let parent = self.pid();
+        let exe = std::fs::canonicalize(exe).unwrap();
         let pid = wait_for("the started process's child", || {
-            descendants(parent)
-                .into_iter()
-                .find(|&p| ppid(p) == Some(parent))
+            descendants(parent).into_iter().find(|&p| {
+                ppid(p) == Some(parent)
+                    && std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == exe)
+            })
         });
         self.also.push(pid);
         pid
@@ -173,7 +176,7 @@ fn a_stop_sends_the_stop_signal_before_anything_else() {
             .args(&rec.command)
             .env_remove("CONTAINER_RUN_BASE_DIR"),
     );
-    let supervisor = traced.only_child();
+    let supervisor = traced.child_running(&bin());
     let job = wait_pid_file(&files.pidfile);
     assert_eq!(rec.wait_ready(), job);
     send(&files.socket, "STOP");
@@ -248,7 +251,7 @@ fn a_reaped_hooks_process_group_is_never_signalled_again() {
         err = err.display(),
     );
     let mut ns = Started::new(namespaced().args(["/bin/sh", "-c", &script]));
-    let init = ns.only_child();
+    let init = ns.child_running(Path::new("/bin/sh"));
     let hook: i32 = wait_pid_file(&hook_pid);
     wait_pid_file(&ready);
     // The stop reaches the hook, which dies of it and is reaped; the job
