@@ -271,22 +271,48 @@ pub fn walk(root: Pid, mut children: impl FnMut(Pid) -> Vec<Pid>) -> Vec<Pid> {
 /// the job's process group with setsid or a double fork. The `children`
 /// files make the cost follow the size of the job's tree, not the system's.
 pub fn descendants() -> Vec<ProcEntry> {
+    if !has_children() {
+        return Vec::new();
+    }
     let root = std::process::id() as Pid;
-    let pids = if children_files(root).is_some() {
-        walk(root, |pid| children_files(pid).unwrap_or_default())
-    } else {
-        let procs = read_proc();
-        walk(root, |pid| {
-            procs
-                .iter()
-                .filter(|p| p.ppid == pid)
-                .map(|p| p.pid)
-                .collect()
-        })
+    let pids = match children_files(root) {
+        // The root's children, read once.
+        Some(first) => {
+            let mut first = Some(first);
+            walk(root, |pid| match first.take() {
+                Some(kids) if pid == root => kids,
+                _ => children_files(pid).unwrap_or_default(),
+            })
+        }
+        None => {
+            let procs = read_proc();
+            walk(root, |pid| {
+                procs
+                    .iter()
+                    .filter(|p| p.ppid == pid)
+                    .map(|p| p.pid)
+                    .collect()
+            })
+        }
     };
     pids.iter()
         .filter_map(|pid| read_entry(&pid.to_string()))
         .collect()
+}
+
+/// Whether container-run has a child at all, alive or not yet reaped; one
+/// system call that reaps nothing (the reap loop owns reaping). Without
+/// one, nothing of the tree is left to walk: an orphan is re-parented here.
+fn has_children() -> bool {
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: siginfo_t is plain data, all zero a valid value; waitid
+    // writes only the siginfo it is given, and WNOWAIT leaves an exited
+    // child to be reaped by the loop.
+    let r = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(libc::P_ALL, 0, &mut info, flags)
+    };
+    r == 0 || Errno::last() != Errno::ECHILD
 }
 
 /// The start of a stop, before anything else is done: `signal` to the job's

@@ -255,7 +255,7 @@ impl Machine {
         match (self.phase, event) {
             (Stopped, Boot) => self.boot(),
             (Running | Draining | Stopping, Boot) => nop(),
-            (Stopped, Command(Start)) => [vec![Action::Spawn(Main)], self.unhold()].concat(),
+            (Stopped, Command(Start)) => [self.unhold(), vec![Action::Spawn(Main)]].concat(),
             (Running, Command(Start)) => self.unhold(),
             (Draining, Command(Start)) => start_ignored(),
             (Stopping, Command(Start)) => self.stop_again(Then::Start),
@@ -777,7 +777,7 @@ mod tests {
         assert_eq!(acts(&mut m, t, Event::Boot), []);
         assert_eq!(
             acts(&mut m, t, cmd(Start)),
-            [Action::Spawn(Child::Main), Action::RemoveHold]
+            [Action::RemoveHold, Action::Spawn(Child::Main)]
         );
         assert_eq!(
             acts(&mut m, t, spawned(Child::Main, JOB)),
