@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""container-run side by side with runit, s6, supervisord, tini and dumb-init.
+"""container-run side by side with runit, s6, supervisord, tini and dumb-init,
+and with the floor (bench/floor.c: recv, kill, reap and nothing else).
 
 Every supervisor runs in its own `unshare --pid --mount --fork --mount-proc`
 namespace and supervises the same child (examples/testchild.rs), which sends
@@ -30,6 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CR = os.path.join(ROOT, "target/static/container-run")
 CHILD = os.path.join(ROOT, "target/release/examples/testchild")
 CHILD_REAL = os.path.realpath(CHILD)
+# bench/floor.c, built by bench/run.
+FLOOR = os.path.join(ROOT, "target/bench/floor")
 UNSHARE = ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child"]
 DEADLINE = 30.0  # seconds any single wait may take before it counts as lost
 
@@ -155,16 +158,17 @@ class Tool:
 class ContainerRun(Tool):
     name = "container-run"
 
-    def __init__(self, work):
+    def __init__(self, work, binary=CR, name=None):
+        self.name = name or self.name
         super().__init__(work)
         base = os.path.join(self.dir, "base")
         self.sock_path = os.path.join(base, "data/bench/bench_containerrun.sock")
-        self.launch([CR, "--base-dir", base, "--job-name", "bench", "--", CHILD])
+        self.launch([binary, "--base-dir", base, "--job-name", "bench", "--", CHILD])
         # Connected once, as the FIFO peers' control file is opened once.
         self.tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.tx.connect(self.sock_path)
         self.rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.rx.bind(b"\0cr-bench-%d" % os.getpid())
+        self.rx.bind(b"\0cr-bench-%d-%s" % (os.getpid(), self.name.encode()))
         self.rx.connect(self.sock_path)
         self.rx.settimeout(5)
 
@@ -193,6 +197,24 @@ class ContainerRun(Tool):
                 self.tx.send(b"STOP\n")
             self.tx.send(b"junk %d \x00\xff" % i)
         return sent
+
+
+class Floor(ContainerRun):
+    """bench/floor.c: the least a supervisor with a datagram control socket
+    does (recv, kill, reap), driven exactly as container-run is."""
+
+    name = "floor"
+
+    def __init__(self, work):
+        Tool.__init__(self, work)
+        self.sock_path = os.path.join(self.dir, "floor.sock")
+        self.launch([FLOOR, self.sock_path, CHILD])
+        self.tx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.tx.connect(self.sock_path)
+        self.rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.rx.bind(b"\0floor-bench-%d" % os.getpid())
+        self.rx.connect(self.sock_path)
+        self.rx.settimeout(5)
 
 
 class ServiceDir(Tool):
@@ -467,7 +489,7 @@ def burst_round(t, n, end_with, results):
     first = "u" if last == "d" else "d"
     letters = [first if i % 2 == 0 else last for i in range(n)]
     t.notify.drain()
-    if isinstance(t, ContainerRun):
+    if isinstance(t, ContainerRun):  # the floor too: one datagram a command
         for letter in letters:
             (t.stop if letter == "d" else t.start)()
     else:
@@ -535,15 +557,15 @@ def flood(cr, rounds, n):
     return lat, per_dgram
 
 
-def scale(work, count, rounds):
+def scale(work, count, rounds, binary=CR):
     """`ctl stop --all` over `count` container-runs sharing one base."""
-    base = os.path.join(work, f"scale{count}")
+    base = os.path.join(work, f"scale{count}-{len(binary)}-{os.path.basename(binary)}")
     procs = []
     try:
         for i in range(count):
             procs.append(
                 subprocess.Popen(
-                    UNSHARE + [CR, "--base-dir", base, "--job-name", f"j{i}", "--", CHILD],
+                    UNSHARE + [binary, "--base-dir", base, "--job-name", f"j{i}", "--", CHILD],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -554,12 +576,12 @@ def scale(work, count, rounds):
         times = []
         for _ in range(rounds):
             t0 = time.monotonic_ns()
-            r = subprocess.run([CR, "ctl", "stop", "--all", "--base-dir", base], capture_output=True)
+            r = subprocess.run([binary, "ctl", "stop", "--all", "--base-dir", base], capture_output=True)
             t1 = time.monotonic_ns()
             stopped = not any(map(os.path.exists, pidfiles))
             if r.returncode == 0 and stopped:
                 times.append(t1 - t0)
-            subprocess.run([CR, "ctl", "start", "--all", "--base-dir", base], capture_output=True)
+            subprocess.run([binary, "ctl", "start", "--all", "--base-dir", base], capture_output=True)
         return times
     finally:
         for p in procs:
@@ -579,16 +601,16 @@ def table(title, header, rows):
         print("| " + " | ".join(str(c) for c in r) + " |")
 
 
-def latency_rows(samples, lost, ref="container-run"):
-    ref_med = statistics.median(samples[ref]) if samples[ref] else None
+def latency_rows(samples, lost, refs=("container-run", "floor")):
+    meds = {r: statistics.median(samples[r]) if samples.get(r) else None for r in refs}
     rows = []
     for name, s in samples.items():
         if not s:
-            rows.append([name, "-", "-", "-", len(s), lost[name]])
+            rows.append([name, "-", "-"] + ["-"] * len(refs) + [len(s), lost[name]])
             continue
         med = statistics.median(s)
-        ratio = f"{med / ref_med:.1f}x" if ref_med else "-"
-        rows.append([name, fmt_ms(med), fmt_ms(percentile(s, 0.99)), ratio, len(s), lost[name]])
+        ratios = [f"{med / meds[r]:.2f}x" if meds[r] else "-" for r in refs]
+        rows.append([name, fmt_ms(med), fmt_ms(percentile(s, 0.99))] + ratios + [len(s), lost[name]])
     return rows
 
 
@@ -601,14 +623,19 @@ def main():
     ap.add_argument("--flood-rounds", type=int, default=5)
     ap.add_argument("--scale-rounds", type=int, default=3)
     ap.add_argument("--scale", default="10,100")
+    ap.add_argument("--baseline", metavar="BINARY",
+                    help="another container-run binary (an earlier commit's) in the same run")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="cr-bench-")
     tools = []
     try:
         cr = ContainerRun(work)
+        baseline = [ContainerRun(work, args.baseline, "container-run (baseline)")] if args.baseline else []
         tools = [
             cr,
+            *baseline,
+            Floor(work),
             Runit(work, fifo=False),
             Runit(work, fifo=True),
             S6(work, fifo=False),
@@ -641,7 +668,8 @@ def main():
             i.close()
 
         stop, start, lost = latency(ctl_tools, args.reps)
-        head = ["tool", "median ms", "p99 ms", "median / container-run", "samples", "lost"]
+        head = ["tool", "median ms", "p99 ms", "median / container-run", "median / floor",
+                "samples", "lost"]
         table("Stop latency: command sent -> child has SIGTERM", head, latency_rows(stop, lost))
         table("Start latency: command sent -> child running", head, latency_rows(start, lost))
         cyc, cyc_lost = cycle(ctl_tools, args.cycle_reps)
@@ -657,22 +685,29 @@ def main():
                                         for e in ("stop", "start")])
         table("Burst: 100 alternating commands, final state right", ["tool", "ending with stop", "ending with start"], rows)
 
-        lat, per = flood(cr, args.flood_rounds, 20000)
-        table("Garbage flood: 20,000 junk datagrams, STOP in the middle (container-run)",
-              ["STOP latency median ms", "max ms", "CPU per datagram median us", "rounds"],
-              [[fmt_ms(statistics.median(lat)) if lat else "-", fmt_ms(max(lat)) if lat else "-",
-                f"{statistics.median(per) / 1000:.2f}", len(lat)]])
+        rows = []
+        for t in [cr, *baseline]:
+            lat, per = flood(t, args.flood_rounds, 20000)
+            rows.append([t.name, fmt_ms(statistics.median(lat)) if lat else "-",
+                         fmt_ms(max(lat)) if lat else "-", f"{statistics.median(per) / 1000:.2f}",
+                         len(lat)])
+        table("Garbage flood: 20,000 junk datagrams, STOP in the middle",
+              ["tool", "STOP latency median ms", "max ms", "CPU per datagram median us", "rounds"],
+              rows)
         for t in tools:
             t.close()
         tools = []
 
         rows = []
+        binaries = [("container-run", CR)] + ([("container-run (baseline)", args.baseline)]
+                                              if args.baseline else [])
         for count in [int(c) for c in args.scale.split(",") if c]:
-            times = scale(work, count, args.scale_rounds)
-            rows.append([count, fmt_ms(statistics.median(times)) if times else "-",
-                         fmt_ms(max(times)) if times else "-", len(times)])
+            for name, binary in binaries:
+                times = scale(work, count, args.scale_rounds, binary)
+                rows.append([name, count, fmt_ms(statistics.median(times)) if times else "-",
+                             fmt_ms(max(times)) if times else "-", len(times)])
         table("Scale: `ctl stop --all`, until every job has stopped",
-              ["container-runs", "median ms", "max ms", "rounds"], rows)
+              ["tool", "container-runs", "median ms", "max ms", "rounds"], rows)
     finally:
         for t in tools:
             t.close()

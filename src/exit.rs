@@ -1,10 +1,37 @@
-//! Every exit code of container-run and its client modes (SPEC sections 4, 6
-//! and 7), named in one place, with the two conversions that decide most of
-//! them: how a child ended, and why a child could not be started.
+//! How things end: how a child ended (`Exit`, a fact of its wait status),
+//! and every exit code of container-run and its client modes (SPEC sections
+//! 4, 6 and 7), named in one place, with the two conversions that decide most
+//! of them: a child's end as a code, and why a child could not be started.
+//! It depends on no other module of container-run.
 
+use std::fmt;
 use std::io;
 
-use crate::tree::Exit;
+use nix::sys::signal::Signal;
+
+/// How a child ended: a fact of the wait status, kept whole so that logs
+/// can say "killed by signal 9 (SIGKILL)" rather than guess from 137.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(u8),
+    Signal(u8),
+}
+
+impl fmt::Display for Exit {
+    /// "exited with status 3" or "was killed by signal 9 (SIGKILL)".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Exit::Code(c) => write!(f, "exited with status {c}"),
+            Exit::Signal(s) => {
+                write!(f, "was killed by signal {s}")?;
+                match Signal::try_from(i32::from(s)) {
+                    Ok(sig) => write!(f, " ({})", sig.as_str()),
+                    Err(_) => Ok(()),
+                }
+            }
+        }
+    }
+}
 
 /// Success; also what a SIGTERM'd container-run returns once all is gone.
 pub const OK: u8 = 0;

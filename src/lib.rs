@@ -1,13 +1,13 @@
 //! container-run: the entrypoint of a container that runs one BOSH job.
 //! The modules follow SPEC.md: `cli` (section 1), `paths` and `state_files`
-//! (section 2), `protocol` and `socket` (section 3), `machine`, `supervisor`
-//! and `tree` (sections 4, 5 and 9), `client` (sections 6 and 10), `error`
-//! and `exit` (section 7), `drain` and `peers` (section 8).
+//! (section 2), `protocol` and `socket` (section 3), `machine` (with its
+//! `hook` and `drain` regions), `supervisor` and `tree` (sections 4, 5, 8
+//! and 9), `client` (sections 6 and 10), `error` and `exit` (section 7),
+//! `peers` (section 8).
 
 pub mod cli;
 pub mod client;
 pub mod datagram;
-pub mod drain;
 pub mod error;
 pub mod exit;
 pub mod install;

@@ -1,18 +1,19 @@
 //! The files of SPEC section 2 besides the socket: the `.running` sentinel,
 //! the pidfile, the STOP marker and the installed `bpm`/`monit` links, and
-//! the one way container-run reaches a directory under BASE. The job's user
-//! may own those directories: every directory below BASE is opened component
-//! by component with O_NOFOLLOW, and every file operation is relative to the
-//! directory's fd, so that nothing outside BASE is ever created, written,
-//! truncated or deleted, whatever that user plants (docs/reliability.md).
+//! the one way container-run reaches a directory under BASE: a `Base`, the
+//! value that holds BASE's fd, owned beside the `Paths` by whoever writes
+//! there (no global holds it). The job's user may own those directories:
+//! every directory below BASE is opened component by component with
+//! O_NOFOLLOW, and every file operation is relative to the directory's fd,
+//! so that nothing outside BASE is ever created, written, truncated or
+//! deleted, whatever that user plants (docs/reliability.md).
 
+use std::cell::Cell;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, renameat};
@@ -32,27 +33,17 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_CLOEXEC);
 
 /// 64 random bits as hex: temporary names that nobody can plant a link at
-/// in advance (as PID 1, a pid suffix is always `1`). Drawn from a pool
-/// filled by `getrandom`, one system call per 32 names; the pool never
-/// leaves the process, so names already seen do not tell the next ones.
+/// in advance (as PID 1, a pid suffix is always `1`). One `getrandom` per
+/// name: about 0.4 us, against the tens of microseconds of the file
+/// operations each name is for, and nothing kept between calls.
 pub fn random_suffix() -> io::Result<String> {
-    static POOL: Mutex<(Vec<u8>, usize)> = Mutex::new((Vec::new(), 0));
-    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if pool.1 + 8 > pool.0.len() {
-        let mut buf = vec![0u8; 256];
-        // SAFETY: the buffer is valid for its length; getrandom only writes it.
-        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n != buf.len() as isize {
-            return Err(io::Error::last_os_error());
-        }
-        *pool = (buf, 0);
+    let mut bits = [0u8; 8];
+    // SAFETY: the buffer is valid for its length; getrandom only writes it.
+    let n = unsafe { libc::getrandom(bits.as_mut_ptr().cast(), bits.len(), 0) };
+    if n != bits.len() as isize {
+        return Err(io::Error::last_os_error());
     }
-    let at = pool.1;
-    pool.1 += 8;
-    Ok(pool.0[at..at + 8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(bits.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The process's umask, read once (setting it back at once; container-run
@@ -70,74 +61,106 @@ fn umask() -> u32 {
 }
 
 /// BASE, opened once: the operator chose it and it may belong to root;
-/// everything below it is opened relative to this fd.
-static BASE: Mutex<Option<(PathBuf, Arc<OwnedFd>)>> = Mutex::new(None);
+/// everything below it is opened relative to this fd. Owned by whoever
+/// writes under BASE (the supervisor, beside its `Paths`), and lent or
+/// cloned to what needs it (the control socket).
+#[derive(Debug)]
+pub struct Base {
+    path: PathBuf,
+    fd: OwnedFd,
+    /// Cleared once `openat2` turned out to be unavailable (kernel before
+    /// 5.6, or a seccomp profile that refuses it).
+    openat2: Cell<bool>,
+}
 
-/// Set once `openat2` turned out to be unavailable (kernel before 5.6, or a
-/// seccomp profile that refuses it).
-static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
-
-fn base_fd(base: &Path, reopen: bool, create: bool) -> io::Result<Arc<OwnedFd>> {
-    let mut cached = BASE.lock().unwrap_or_else(|e| e.into_inner());
-    if !reopen
-        && let Some((path, fd)) = cached.as_ref()
-        && path == base
-    {
-        return Ok(fd.clone());
-    }
+fn open_base(path: &Path, create: bool) -> io::Result<OwnedFd> {
     let open = || {
         openat(
             nix::fcntl::AT_FDCWD,
-            base,
+            path,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .map_err(io::Error::from)
     };
-    let fd = match open() {
+    match open() {
         Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(base)?;
-            open()?
-        }
-        other => other?,
-    };
-    let fd = Arc::new(fd);
-    *cached = Some((base.to_path_buf(), fd.clone()));
-    Ok(fd)
-}
-
-/// Open the directory `rel` below BASE without following a symbolic link
-/// anywhere below BASE, creating what is missing when `create`. One
-/// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` when the kernel has it
-/// and everything exists; otherwise component by component with
-/// O_NOFOLLOW, and `mkdirat` for what is missing. The directory is opened
-/// anew for each use, so one the job user swaps later is never written
-/// through an old fd for long.
-pub fn open_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd> {
-    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a plain path below BASE", rel.display()),
-        ));
-    }
-    let fd = base_fd(base, false, create)?;
-    if !NO_OPENAT2.load(Ordering::Relaxed) {
-        match openat2_beneath(&fd, rel) {
-            Ok(dir) => return Ok(dir),
-            Err(Errno::ENOSYS | Errno::EPERM | Errno::E2BIG | Errno::EINVAL) => {
-                NO_OPENAT2.store(true, Ordering::Relaxed);
-            }
-            // Missing (BASE itself may have been deleted and made again) or
-            // a link: the walk below creates or names the culprit.
-            Err(_) => {}
-        }
-    }
-    match walk(&fd, rel, create) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let fresh = base_fd(base, true, create)?;
-            walk(&fresh, rel, create)
+            std::fs::create_dir_all(path)?;
+            open()
         }
         other => other,
+    }
+}
+
+impl Base {
+    /// Open BASE, creating it when `create` and it is missing.
+    pub fn open(path: &Path, create: bool) -> io::Result<Base> {
+        Ok(Base {
+            path: path.to_path_buf(),
+            fd: open_base(path, create)?,
+            openat2: Cell::new(true),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn try_clone(&self) -> io::Result<Base> {
+        Ok(Base {
+            path: self.path.clone(),
+            fd: self.fd.try_clone()?,
+            openat2: self.openat2.clone(),
+        })
+    }
+
+    /// Open the directory `rel` below BASE without following a symbolic
+    /// link anywhere below BASE, creating what is missing when `create`.
+    /// One `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` when the kernel
+    /// has it and everything exists; otherwise component by component with
+    /// O_NOFOLLOW, and `mkdirat` for what is missing. The directory is
+    /// opened anew for each use, so one the job user swaps later is never
+    /// written through an old fd for long.
+    pub fn open_beneath(&self, rel: &Path, create: bool) -> io::Result<OwnedFd> {
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a plain path below BASE", rel.display()),
+            ));
+        }
+        if self.openat2.get() {
+            match openat2_beneath(&self.fd, rel) {
+                Ok(dir) => return Ok(dir),
+                Err(Errno::ENOSYS | Errno::EPERM | Errno::E2BIG | Errno::EINVAL) => {
+                    self.openat2.set(false);
+                }
+                // Missing (BASE itself may have been deleted and made again)
+                // or a link: the walk below creates or names the culprit.
+                Err(_) => {}
+            }
+        }
+        match walk(&self.fd, rel, create) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                walk(&open_base(&self.path, create)?, rel, create)
+            }
+            other => other,
+        }
+    }
+
+    /// The directory holding `file` (a path of `paths`) and the file's name.
+    pub fn open_parent<'a>(
+        &self,
+        file: &'a Path,
+        create: bool,
+    ) -> io::Result<(OwnedFd, &'a OsStr)> {
+        let parent = file.parent().unwrap_or(Path::new(""));
+        let rel = parent
+            .strip_prefix(&self.path)
+            .map_err(|_| io::Error::other(format!("{} is not under BASE", file.display())))?;
+        let name = file
+            .file_name()
+            .ok_or_else(|| io::Error::other(format!("{} has no file name", file.display())))?;
+        Ok((self.open_beneath(rel, create)?, name))
     }
 }
 
@@ -200,22 +223,6 @@ fn open_child_dir(parent: BorrowedFd, name: &OsStr, create: bool) -> io::Result<
     Ok(fd)
 }
 
-/// The directory holding `file` (a path of `paths`) and the file's name.
-pub fn open_parent<'a>(
-    paths: &Paths,
-    file: &'a Path,
-    create: bool,
-) -> io::Result<(OwnedFd, &'a OsStr)> {
-    let parent = file.parent().unwrap_or(Path::new(""));
-    let rel = parent
-        .strip_prefix(&paths.base)
-        .map_err(|_| io::Error::other(format!("{} is not under BASE", file.display())))?;
-    let name = file
-        .file_name()
-        .ok_or_else(|| io::Error::other(format!("{} has no file name", file.display())))?;
-    Ok((open_beneath(&paths.base, rel, create)?, name))
-}
-
 /// Write `contents` under `name` in `dir` so that readers see the whole file
 /// or none (see `write_with`).
 pub fn write_in(dir: BorrowedFd, name: &OsStr, contents: &[u8], mode: u32) -> io::Result<()> {
@@ -273,13 +280,13 @@ pub fn remove_in(dir: BorrowedFd, name: &OsStr) -> io::Result<()> {
     }
 }
 
-fn write_file(paths: &Paths, file: &Path, contents: &[u8]) -> io::Result<()> {
-    let (dir, name) = open_parent(paths, file, true)?;
+fn write_file(base: &Base, file: &Path, contents: &[u8]) -> io::Result<()> {
+    let (dir, name) = base.open_parent(file, true)?;
     write_in(dir.as_fd(), name, contents, FILE_MODE)
 }
 
-fn remove_file(paths: &Paths, file: &Path) -> io::Result<()> {
-    match open_parent(paths, file, false) {
+fn remove_file(base: &Base, file: &Path) -> io::Result<()> {
+    match base.open_parent(file, false) {
         Ok((dir, name)) => remove_in(dir.as_fd(), name),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
@@ -289,21 +296,21 @@ fn remove_file(paths: &Paths, file: &Path) -> io::Result<()> {
 /// Sentinel and pidfile: present exactly while the job runs. Not synced:
 /// they describe a running container, and a crash of the node ends it too
 /// (container-run removes stale ones at start).
-pub fn write_run_files(paths: &Paths, pid: i32) -> io::Result<()> {
-    write_file(paths, &paths.pidfile, format!("{pid}\n").as_bytes())?;
-    write_file(paths, &paths.running, b"")
+pub fn write_run_files(base: &Base, paths: &Paths, pid: i32) -> io::Result<()> {
+    write_file(base, &paths.pidfile, format!("{pid}\n").as_bytes())?;
+    write_file(base, &paths.running, b"")
 }
 
-pub fn remove_run_files(paths: &Paths) -> io::Result<()> {
-    let a = remove_file(paths, &paths.running);
-    let b = remove_file(paths, &paths.pidfile);
+pub fn remove_run_files(base: &Base, paths: &Paths) -> io::Result<()> {
+    let a = remove_file(base, &paths.running);
+    let b = remove_file(base, &paths.pidfile);
     a.and(b)
 }
 
 /// Whatever sits at the marker's name counts, a link included (it is never
 /// followed): the job's user could create the marker anyway.
-pub fn hold_in_force(paths: &Paths) -> bool {
-    open_parent(paths, &paths.stopped, false)
+pub fn hold_in_force(base: &Base, paths: &Paths) -> bool {
+    base.open_parent(&paths.stopped, false)
         .is_ok_and(|(dir, name)| fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok())
 }
 
@@ -311,8 +318,8 @@ pub fn hold_in_force(paths: &Paths) -> bool {
 /// nothing is there, `Some(true)` for a regular file of container-run's
 /// uid (what `write_hold` leaves), `Some(false)` for anything else (a
 /// link, a file of the job's user), never followed.
-pub fn hold_is_ours(paths: &Paths) -> Option<bool> {
-    let (dir, name) = open_parent(paths, &paths.stopped, false).ok()?;
+pub fn hold_is_ours(base: &Base, paths: &Paths) -> Option<bool> {
+    let (dir, name) = base.open_parent(&paths.stopped, false).ok()?;
     let st = fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
     let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
     Some(regular && st.st_uid == nix::unistd::geteuid().as_raw())
@@ -320,22 +327,22 @@ pub fn hold_is_ours(paths: &Paths) -> Option<bool> {
 
 /// Not synced either: the marker must outlive the container, and the page
 /// cache outlives it; an fsync here would delay every STOP by a disk flush.
-pub fn write_hold(paths: &Paths) -> io::Result<()> {
-    write_file(paths, &paths.stopped, b"STOP\n")
+pub fn write_hold(base: &Base, paths: &Paths) -> io::Result<()> {
+    write_file(base, &paths.stopped, b"STOP\n")
 }
 
-pub fn remove_hold(paths: &Paths) -> io::Result<()> {
-    remove_file(paths, &paths.stopped)
+pub fn remove_hold(base: &Base, paths: &Paths) -> io::Result<()> {
+    remove_file(base, &paths.stopped)
 }
 
 /// Create the directories container-run writes into, and prove they are
 /// writable now, before anything is started.
-pub fn prepare_dirs(paths: &Paths) -> io::Result<()> {
+pub fn prepare_dirs(base: &Base, paths: &Paths) -> io::Result<()> {
     for dir in [&paths.data_dir, &paths.pid_dir] {
         let rel = dir
-            .strip_prefix(&paths.base)
+            .strip_prefix(base.path())
             .map_err(|_| io::Error::other(format!("{} is not under BASE", dir.display())))?;
-        let fd = open_beneath(&paths.base, rel, true)?;
+        let fd = base.open_beneath(rel, true)?;
         let probe = format!(".container-run-probe.{}", random_suffix()?);
         openat(
             fd.as_fd(),
@@ -356,7 +363,7 @@ pub fn prepare_dirs(paths: &Paths) -> io::Result<()> {
 /// creates the link complete in one step and fails on an existing name
 /// without following it. Failure is logged, not fatal: the job itself needs
 /// neither.
-pub fn install_links(paths: &Paths) {
+pub fn install_links(base: &Base, paths: &Paths) {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -365,7 +372,7 @@ pub fn install_links(paths: &Paths) {
         }
     };
     for link in [&paths.bpm, &paths.monit] {
-        let result = open_parent(paths, link, true).and_then(|(dir, name)| {
+        let result = base.open_parent(link, true).and_then(|(dir, name)| {
             match symlinkat(exe.as_os_str(), dir.as_fd(), name) {
                 Ok(()) => Ok(true),
                 Err(Errno::EEXIST) => Ok(false),
@@ -395,8 +402,9 @@ mod tests {
     fn atomic_write_replaces_and_leaves_no_temporary() {
         let base = temp_base("atomic");
         let paths = Paths::new(&base, "j", "p").unwrap();
-        write_run_files(&paths, 1).unwrap();
-        write_run_files(&paths, 22).unwrap();
+        let b = Base::open(&base, true).unwrap();
+        write_run_files(&b, &paths, 1).unwrap();
+        write_run_files(&b, &paths, 22).unwrap();
         assert_eq!(std::fs::read(&paths.pidfile).unwrap(), b"22\n");
         let names: Vec<_> = std::fs::read_dir(&paths.pid_dir).unwrap().collect();
         assert_eq!(names.len(), 1);
@@ -405,8 +413,8 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, FILE_MODE);
-        remove_run_files(&paths).unwrap();
-        remove_run_files(&paths).unwrap();
+        remove_run_files(&b, &paths).unwrap();
+        remove_run_files(&b, &paths).unwrap();
         assert!(!paths.pidfile.exists() && !paths.running.exists());
         std::fs::remove_dir_all(&base).unwrap();
     }
@@ -419,7 +427,8 @@ mod tests {
         std::fs::create_dir_all(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, base.join("sys/run/bpm/j")).unwrap();
         let paths = Paths::new(&base, "j", "p").unwrap();
-        let err = write_run_files(&paths, 5).unwrap_err();
+        let b = Base::open(&base, false).unwrap();
+        let err = write_run_files(&b, &paths, 5).unwrap_err();
         assert!(err.to_string().contains("not following"), "{err}");
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
         std::fs::remove_dir_all(&base).unwrap();
@@ -430,7 +439,7 @@ mod tests {
     fn the_walk_without_openat2_creates_and_refuses_links() {
         let base = temp_base("walk");
         std::fs::create_dir_all(&base).unwrap();
-        let fd = base_fd(&base, true, false).unwrap();
+        let fd = Base::open(&base, false).unwrap().fd;
         walk(&fd, Path::new("a/b/c"), true).unwrap();
         let m = std::fs::metadata(base.join("a/b/c")).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, DIR_MODE);

@@ -1,34 +1,39 @@
 //! The one event loop (SPEC sections 3-5 and 8): a signalfd, the control
-//! socket, the socket directory's inotify watch, the drain script's stdout
+//! sockets, the socket directory's inotify watch, the drain script's stdout
 //! and a round of STATUS to the pod's peers while one is out, and the
 //! earliest deadline, waited on with one `ppoll`. It turns what happens into
-//! `Event`s for the machine and carries out the `Action`s that come back.
+//! `Event`s for the machine and carries out the `Action`s that come back,
+//! in their order (a stop's signal first), writing the log lines they say.
 //! Single threaded; with nothing due it sleeps without timeout.
 
 use std::collections::VecDeque;
-use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
-use std::time::Instant;
+use std::ops::ControlFlow;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
+use log::Level;
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, ppoll};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::time::TimeSpec;
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
 
+mod children;
+mod poll;
+mod setup;
+
+use self::poll::{Ready, Sources};
 use crate::cli::RunConfig;
-use crate::datagram::Peer;
-use crate::drain;
+use crate::datagram::{Peer, Trust};
 use crate::error::{Fatal, os_phrase};
 use crate::exit;
-use crate::machine::{Action, Child, DrainPlan, Event, Machine, MachineConfig, PostStartPlan};
+use crate::logger::Limited;
+use crate::machine::drain::MAX_OUTPUT;
+use crate::machine::{Action, Child, Event, Machine};
 use crate::peers::Barrier;
 use crate::protocol::{ControlCommand, State, Status};
 use crate::socket::{ControlSocket, Incoming};
-use crate::state_files;
-use crate::tree::{self, Inherited, Output, SpawnSpec};
+use crate::state_files::{self, Base};
+use crate::tree::{self, Inherited};
 
 /// Signals container-run reads from its signalfd; they stay blocked in
 /// container-run itself, and are unblocked in every child before exec.
@@ -51,8 +56,16 @@ const DATAGRAMS_PER_TURN: usize = 1024;
 /// of commands cannot grow memory.
 const MAX_WAITERS: usize = 64;
 
+/// After `ppoll` itself fails (not EINTR), the loop pauses this long before
+/// it reads every source without waiting, doubling up to `POLL_PAUSE_MAX`
+/// while the failure lasts: a failure that persists must not spin.
+const POLL_PAUSE_FIRST: Duration = Duration::from_millis(1);
+const POLL_PAUSE_MAX: Duration = Duration::from_millis(100);
+
 pub struct Supervisor {
     cfg: RunConfig,
+    /// BASE's fd, beside `cfg.paths`: every state file is reached through it.
+    base: Base,
     machine: Machine,
     signals: SignalFd,
     socket: ControlSocket,
@@ -65,7 +78,10 @@ pub struct Supervisor {
     /// The first SIGTERM or SIGINT: peers that may be about to drain are
     /// waited for while it is recent (SPEC section 8).
     signalled: Option<Instant>,
-    hold_warned: crate::logger::Limited,
+    /// The STOP marker's guard says what it mends once per 10 s.
+    hold_warned: Limited,
+    /// The pause after the last failed `ppoll`, while they keep failing.
+    poll_pause: Option<Duration>,
 }
 
 /// Set up everything fallible (signals, directories, socket) before the job
@@ -73,72 +89,39 @@ pub struct Supervisor {
 pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
     // A command that does not exist at all fails before anything is
     // created; one that exists but cannot be executed fails at spawn (126).
-    if find_program(cfg.command.program()).is_none() {
+    let program = cfg.command.program();
+    if children::find_program(program).is_none() {
         return Err(Fatal::Exec {
             code: exit::NOT_FOUND,
-            message: format!(
-                "{}: command not found",
-                cfg.command.program().to_string_lossy()
-            ),
+            message: format!("{}: command not found", program.to_string_lossy()),
         });
     }
-    let mut mask = SigSet::empty();
-    for sig in HANDLED {
-        mask.add(sig);
-    }
-    mask.thread_block()
-        .map_err(|e| Fatal::setup("cannot block signals", e))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| Fatal::setup("cannot create a signalfd", e))?;
-
-    if std::process::id() == 1 {
-        log::debug!("running as PID 1: reaping every orphan of the container");
-    } else {
-        nix::sys::prctl::set_child_subreaper(true)
-            .map_err(|e| Fatal::setup("cannot become a child subreaper", e))?;
-        log::debug!("child subreaper: orphans of the job are re-parented here");
-    }
-
+    let signals = setup::block_signals()?;
+    setup::become_reaper()?;
     let inherited = tree::inherited_dispositions();
     let paths = &cfg.paths;
-    state_files::prepare_dirs(paths).map_err(|e| {
-        Fatal::setup(
-            format!("cannot write under base directory {}", paths.base.display()),
-            e,
-        )
-    })?;
+    let base = Base::open(&paths.base, true)
+        .and_then(|base| state_files::prepare_dirs(&base, paths).map(|()| base))
+        .map_err(|e| {
+            let what = format!("cannot write under base directory {}", paths.base.display());
+            Fatal::setup(what, e)
+        })?;
     let pod = crate::rendezvous::pod_of(&paths.base).map_err(|e| {
-        Fatal::setup(
-            format!("cannot read {}", paths.base.join("data").display()),
-            e,
-        )
+        let data = paths.base.join("data");
+        Fatal::setup(format!("cannot read {}", data.display()), e)
     })?;
-    let socket = ControlSocket::bind(paths, &pod, cfg.socket_mode, cfg.socket_group)?;
+    let socket = ControlSocket::bind(&base, paths, &pod, (cfg.socket_mode, cfg.socket_group))?;
     let barrier = Barrier::new(
         pod,
         socket.rendezvous_name().to_vec(),
-        crate::datagram::Trust::new(cfg.trust_uid),
+        Trust::new(cfg.trust_uid),
     );
     // Left by a container-run that was killed: nothing runs now.
-    if let Err(e) = state_files::remove_run_files(paths) {
-        return Err(Fatal::setup("cannot remove stale run files", e));
-    }
-    state_files::install_links(paths);
-
-    let hold = state_files::hold_in_force(paths);
-    if hold {
-        log::info!(
-            "STOP marker {} found: staying stopped until `container-run ctl start {}{}`",
-            paths.stopped.display(),
-            cfg.paths.job,
-            if cfg.paths.process == cfg.paths.job {
-                String::new()
-            } else {
-                format!(" -p {}", cfg.paths.process)
-            }
-        );
-    }
-    let machine = Machine::new(machine_config(&cfg), hold);
+    state_files::remove_run_files(&base, paths)
+        .map_err(|e| Fatal::setup("cannot remove stale run files", e))?;
+    state_files::install_links(&base, paths);
+    let hold = setup::hold_found(&base, &cfg);
+    let machine = Machine::new(setup::machine_config(&cfg), hold);
     log::debug!(
         "control socket {}, rendezvous @{}",
         socket.path().display(),
@@ -146,6 +129,7 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
     );
     let mut sup = Supervisor {
         cfg,
+        base,
         machine,
         signals,
         socket,
@@ -155,122 +139,95 @@ pub fn run(cfg: RunConfig) -> Result<u8, Fatal> {
         drain_out: None,
         barrier,
         signalled: None,
-        hold_warned: Default::default(),
+        hold_warned: Limited::default(),
+        poll_pause: None,
     };
+    // A marker the job user planted while no container-run ran holds too,
+    // but is replaced by container-run's own.
+    sup.guard_hold();
     if let Some(code) = sup.feed(Event::Boot) {
         return Ok(code);
     }
     Ok(sup.event_loop())
 }
 
-fn machine_config(cfg: &RunConfig) -> MachineConfig {
-    let post_start = match (&cfg.post_start, &cfg.condition) {
-        (None, _) => PostStartPlan::None,
-        (Some(_), None) => PostStartPlan::Direct,
-        (Some(_), Some(_)) => PostStartPlan::AfterCondition,
-    };
-    let drain = match (&cfg.drain, cfg.drain_timeout) {
-        (_, t) if t.is_zero() => DrainPlan::Off,
-        (Some(_), timeout) => DrainPlan::Script { timeout },
-        (None, timeout) => DrainPlan::Barrier { timeout },
-    };
-    MachineConfig {
-        stop_timeout: cfg.stop_timeout,
-        post_start_timeout: cfg.post_start_timeout,
-        condition_interval: cfg.condition_interval,
-        post_start,
-        drain,
-        errand: cfg.errand,
-        stop_signal: cfg.stop_signal,
-    }
-}
-
 impl Supervisor {
     fn event_loop(&mut self) -> u8 {
         loop {
             crate::logger::flush_pending();
-            let deadline = [
-                self.machine.next_deadline(),
-                self.barrier.deadline(),
-                self.socket.deadline(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let timeout = deadline
-                .map(|d| TimeSpec::from_duration(d.saturating_duration_since(Instant::now())));
-            let ready = {
-                // Optional sources take the signalfd's place when absent,
-                // so that the array keeps its shape; their readiness is
-                // then ignored.
-                let signals = self.signals.as_fd();
-                let optional = [
-                    self.socket.watch_fd(),
-                    self.drain_out.as_ref().map(|(f, _)| f.as_fd()),
-                    self.barrier.fd(),
-                ];
-                // Held log lines: wake when stderr takes more. Only the
-                // wake-up matters; the lines go out at the loop's top.
-                // SAFETY: fd 2 stays open for container-run's whole life.
-                let stderr = unsafe { BorrowedFd::borrow_raw(2) };
-                let mut fds = [
-                    PollFd::new(signals, PollFlags::POLLIN),
-                    PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(optional[0].unwrap_or(signals), PollFlags::POLLIN),
-                    PollFd::new(optional[1].unwrap_or(signals), PollFlags::POLLIN),
-                    PollFd::new(optional[2].unwrap_or(signals), PollFlags::POLLIN),
-                    PollFd::new(stderr, PollFlags::POLLOUT),
-                ];
-                let used = if crate::logger::pending() { 6 } else { 5 };
-                match ppoll(&mut fds[..used], timeout, None) {
-                    Ok(_) => {}
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => log::warn!("ppoll: {e}"),
-                }
-                let mut ready = [false; 5];
-                for (i, fd) in fds[..5].iter().enumerate() {
-                    let present = i < 2 || optional[i - 2].is_some();
-                    ready[i] = present && fd.revents().is_some_and(|r| !r.is_empty());
-                }
-                ready
-            };
-            if ready[2] {
+            let ready = self.wait();
+            if ready.watch {
                 self.socket.on_watch_event(Instant::now());
                 // Whatever the events said (an overflow names nothing):
                 // one look at the marker per wake-up.
                 self.guard_hold();
             }
             self.socket.on_deadline(Instant::now());
-            if let Some(code) = self.turn(ready) {
-                self.notify_waiters();
+            let exit = self.turn(ready);
+            self.notify_waiters();
+            if let Some(code) = exit {
                 return code;
             }
-            self.notify_waiters();
         }
+    }
+
+    /// One `ppoll` over the sources that exist now, until the earliest
+    /// deadline (none: no timeout).
+    fn wait(&mut self) -> Ready {
+        let waits = [
+            self.machine.next_deadline(),
+            self.barrier.deadline(),
+            self.socket.deadline(),
+        ];
+        let sources = Sources {
+            signals: self.signals.as_fd(),
+            socket: self.socket.as_fd(),
+            watch: self.socket.watch_fd(),
+            drain_out: self.drain_out.as_ref().map(|(out, _)| out.as_fd()),
+            peers: self.barrier.fd(),
+        };
+        match poll::wait(sources, waits.into_iter().flatten().min()) {
+            Ok(ready) => {
+                self.poll_pause = None;
+                ready
+            }
+            Err(Errno::EINTR) => Ready::default(),
+            Err(e) => self.poll_failed(e),
+        }
+    }
+
+    fn poll_failed(&mut self, e: Errno) -> Ready {
+        let pause = match self.poll_pause {
+            None => {
+                log::error!("ppoll: {e}; reading every source without waiting while it fails");
+                POLL_PAUSE_FIRST
+            }
+            Some(last) => (last * 2).min(POLL_PAUSE_MAX),
+        };
+        self.poll_pause = Some(pause);
+        std::thread::sleep(pause);
+        Ready::all()
     }
 
     /// One turn of the loop: every ready source, then due deadlines.
     /// `Some(code)` when container-run is to exit.
-    fn turn(&mut self, ready: [bool; 5]) -> Option<u8> {
-        if ready[0]
+    fn turn(&mut self, ready: Ready) -> Option<u8> {
+        if ready.signals
             && let Some(code) = self.handle_signals()
         {
             return Some(code);
         }
-        if ready[1]
+        if ready.socket
             && let Some(code) = self.handle_datagrams()
         {
             return Some(code);
         }
-        if ready[3]
+        if ready.drain_out
             && let Some(code) = self.read_drain_output()
         {
             return Some(code);
         }
-        if self.barrier.deadline().is_some()
-            && let Some(tally) = self.barrier.on_ready(Instant::now())
-            && let Some(code) = self.feed(Event::PeersAnswered(tally))
-        {
+        if let Some(code) = self.peers_turn(ready.peers) {
             return Some(code);
         }
         self.feed(Event::Tick)
@@ -284,23 +241,18 @@ impl Supervisor {
         let mut events = Vec::new();
         loop {
             match self.signals.read_signal() {
-                Ok(Some(info)) => {
-                    let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
-                        continue;
-                    };
-                    match sig {
-                        Signal::SIGCHLD => child_exited = true,
-                        Signal::SIGTERM | Signal::SIGINT => {
-                            log::info!("received {}", sig.as_str());
-                            self.signalled.get_or_insert_with(Instant::now);
-                            events.push(Event::Shutdown);
-                        }
-                        other => {
-                            log::debug!("forwarding {}", other.as_str());
-                            events.push(Event::Forward(other));
-                        }
+                Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGCHLD) => child_exited = true,
+                    Ok(sig @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                        self.signalled.get_or_insert_with(Instant::now);
+                        events.push(Event::Shutdown(sig))
                     }
-                }
+                    Ok(other) => {
+                        log::debug!("forwarding {}", other.as_str());
+                        events.push(Event::Forward(other));
+                    }
+                    Err(_) => {}
+                },
                 Ok(None) => break,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -312,22 +264,14 @@ impl Supervisor {
         if child_exited && let Some(code) = self.reap() {
             return Some(code);
         }
-        for event in events {
-            if let Some(code) = self.feed(event) {
-                return Some(code);
-            }
-        }
-        None
+        events.into_iter().find_map(|event| self.feed(event))
     }
 
     fn reap(&mut self) -> Option<u8> {
         let (reaped, children_left) = tree::reap_all();
         for r in reaped {
             log::debug!("reaped {} ({})", r.pid, r.exit);
-            if let Some(code) = self.feed(Event::Reaped {
-                pid: r.pid,
-                exit: r.exit,
-            }) {
+            if let Some(code) = self.feed(Event::Reaped(r.pid, r.exit)) {
                 return Some(code);
             }
         }
@@ -338,7 +282,7 @@ impl Supervisor {
         {
             return Some(code);
         }
-        self.feed(Event::Drained { children_left })
+        self.feed(Event::Drained(children_left))
     }
 
     fn handle_datagrams(&mut self) -> Option<u8> {
@@ -352,12 +296,8 @@ impl Supervisor {
                     return None;
                 }
             };
-            // Probes send STATUS every few seconds: keep those out of the log.
-            if command == ControlCommand::Status {
-                log::debug!("received STATUS");
-            } else {
-                log::info!("received {}", command.as_str());
-            }
+            // Nothing before the machine's actions: a stop's signal is the
+            // first thing a STOP does (the log line is one of its actions).
             let exit = self.feed(Event::Command(command));
             // Building the JSON line only for a sender that can be answered.
             if !sender.addr.is_unnamed() {
@@ -377,37 +317,6 @@ impl Supervisor {
         None
     }
 
-    /// The STOP marker mirrors the hold while container-run runs (SPEC
-    /// section 2): only START ends a hold, so a marker that someone else
-    /// removed or replaced is written again, and one planted without a hold
-    /// is removed.
-    fn guard_hold(&mut self) {
-        let hold = self.machine.snapshot(Instant::now()).hold;
-        let paths = &self.cfg.paths;
-        let shown = paths.stopped.display();
-        let (what, result) = match (hold, state_files::hold_is_ours(paths)) {
-            (true, Some(true)) | (false, None) => return,
-            (true, _) => (
-                format!(
-                    "the STOP marker {shown} was removed or replaced while the hold is in force: writing it again"
-                ),
-                state_files::write_hold(paths),
-            ),
-            (false, Some(_)) => (
-                format!("a STOP marker {shown} appeared without an operator's STOP: removing it"),
-                state_files::remove_hold(paths),
-            ),
-        };
-        // One line per 10 s with a count, whatever the job user repeats.
-        if let Some(held) = self.hold_warned.due(Instant::now()) {
-            let what = match result {
-                Ok(()) => what,
-                Err(e) => format!("{what}: {}", os_phrase(&e)),
-            };
-            log::warn!("{}", crate::logger::Limited::text(&what, held));
-        }
-    }
-
     /// Read what the drain script printed; at end of file, hand it to the
     /// machine. More than the contract allows is kept only as "too much".
     fn read_drain_output(&mut self) -> Option<u8> {
@@ -417,7 +326,7 @@ impl Supervisor {
             match file.read(&mut chunk) {
                 Ok(0) => break,
                 Ok(n) => {
-                    let room = (drain::MAX_OUTPUT + 1).saturating_sub(buf.len());
+                    let room = (MAX_OUTPUT + 1).saturating_sub(buf.len());
                     buf.extend_from_slice(&chunk[..n.min(room)]);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
@@ -478,72 +387,82 @@ impl Supervisor {
     }
 
     fn feed(&mut self, event: Event) -> Option<u8> {
+        let heard = match &event {
+            Event::Command(ControlCommand::Status) => Some((Level::Debug, "STATUS")),
+            Event::Command(command) => Some((Level::Info, command.as_str())),
+            Event::Shutdown(signal) => Some((Level::Info, signal.as_str())),
+            _ => None,
+        };
         let actions = self.machine.step(Instant::now(), event);
-        self.execute(actions)
+        self.execute(actions, heard)
     }
 
     /// Carry out actions in order; what an action reports (a spawn's pid, a
     /// file that could not be written) goes back to the machine at once,
-    /// and the actions that returns join the queue.
-    fn execute(&mut self, actions: Vec<Action>) -> Option<u8> {
+    /// and the actions that returns join the queue. What a command or
+    /// signal was is logged once the signals it causes are out, before
+    /// anything else it causes.
+    fn execute(&mut self, actions: Vec<Action>, mut heard: Option<(Level, &str)>) -> Option<u8> {
         let mut queue: VecDeque<Action> = actions.into();
         while let Some(action) = queue.pop_front() {
-            let follow_up = match action {
-                Action::Spawn(child) => Some(self.spawn(child)),
-                Action::Signal { group, signal } => {
-                    tree::signal_group(group, signal);
-                    None
+            let signal = matches!(
+                action,
+                Action::Signal(..) | Action::Terminate(..) | Action::KillTree(..)
+            );
+            if let Some((level, what)) = heard.filter(|_| !signal) {
+                log::log!(level, "received {what}");
+                heard = None;
+            }
+            match self.perform(action) {
+                ControlFlow::Break(code) => return Some(code),
+                ControlFlow::Continue(Some(event)) => {
+                    queue.extend(self.machine.step(Instant::now(), event));
                 }
-                Action::Terminate {
-                    job,
-                    helpers,
-                    signal,
-                    spare,
-                } => {
-                    tree::terminate(job, &helpers, signal, spare);
-                    None
-                }
-                Action::KillTree { groups, spare } => {
-                    tree::kill_tree(&groups, spare);
-                    None
-                }
-                Action::AskPeers => self.ask_peers(),
-                Action::WriteRunFiles(pid) => {
-                    if let Err(e) = state_files::write_run_files(&self.cfg.paths, pid) {
-                        log::error!("cannot write the sentinel or pidfile: {}", os_phrase(&e));
-                    }
-                    None
-                }
-                Action::RemoveRunFiles => {
-                    if let Err(e) = state_files::remove_run_files(&self.cfg.paths) {
-                        log::error!("cannot remove the sentinel or pidfile: {}", os_phrase(&e));
-                    }
-                    None
-                }
-                Action::WriteHold => match state_files::write_hold(&self.cfg.paths) {
-                    Ok(()) => None,
-                    Err(e) => {
-                        log::error!(
-                            "cannot write the STOP marker {}: {}",
-                            self.cfg.paths.stopped.display(),
-                            os_phrase(&e)
-                        );
-                        Some(Event::HoldNotWritten)
-                    }
-                },
-                Action::RemoveHold => {
-                    if let Err(e) = state_files::remove_hold(&self.cfg.paths) {
-                        log::error!("cannot remove the STOP marker: {}", os_phrase(&e));
-                    }
-                    None
-                }
-                Action::Exit(code) => return Some(code),
-            };
-            if let Some(event) = follow_up {
-                queue.extend(self.machine.step(Instant::now(), event));
+                ControlFlow::Continue(None) => {}
             }
         }
+        if let Some((level, what)) = heard {
+            log::log!(level, "received {what}");
+        }
         None
+    }
+
+    fn perform(&mut self, action: Action) -> ControlFlow<u8, Option<Event>> {
+        let (base, paths) = (&self.base, &self.cfg.paths);
+        match action {
+            Action::Spawn(child) => return ControlFlow::Continue(Some(self.spawn(child))),
+            Action::Signal(group, signal) => tree::signal_group(group, signal),
+            Action::Terminate(job, hook, signal) => tree::terminate(job, hook, signal),
+            Action::Sweep(job, signal, skip, spare) => tree::sweep(job, signal, &skip, spare),
+            Action::SignalMembers(group, signal) => tree::signal_members(group, signal),
+            Action::KillTree(groups, spare) => tree::kill_tree(&groups, spare),
+            Action::AskPeers => return ControlFlow::Continue(self.ask_peers()),
+            Action::WriteRunFiles(pid) => {
+                let written = state_files::write_run_files(base, paths, pid);
+                report("cannot write the sentinel or pidfile", written);
+            }
+            Action::RemoveRunFiles => {
+                let removed = state_files::remove_run_files(base, paths);
+                report("cannot remove the sentinel or pidfile", removed);
+            }
+            Action::WriteHold => {
+                let written = state_files::write_hold(base, paths);
+                let what = format!("cannot write the STOP marker {}", paths.stopped.display());
+                // A marker already there still holds.
+                if !report(&what, written) && !state_files::hold_in_force(base, paths) {
+                    return ControlFlow::Continue(Some(Event::HoldNotWritten));
+                }
+            }
+            Action::RemoveHold => {
+                report(
+                    "cannot remove the STOP marker",
+                    state_files::remove_hold(base, paths),
+                );
+            }
+            Action::Log(level, text) => log::log!(level, "{text}"),
+            Action::Exit(code) => return ControlFlow::Break(code),
+        };
+        ControlFlow::Continue(None)
     }
 
     /// Start a round of STATUS to the pod's peers; with none to ask, the
@@ -552,140 +471,66 @@ impl Supervisor {
         let now = Instant::now();
         let settling = self
             .signalled
-            .is_some_and(|t| now < t + crate::machine::SETTLE);
+            .is_some_and(|t| now < t + crate::machine::drain::SETTLE);
         self.barrier.ask(now, settling).map(Event::PeersAnswered)
     }
 
-    fn spawn(&mut self, child: Child) -> Event {
-        let cfg = &self.cfg;
-        let (program, args, output): (&OsStr, Vec<&OsStr>, Output) = match child {
-            Child::Main => (
-                cfg.command.program(),
-                cfg.command.args().iter().map(|a| a.as_os_str()).collect(),
-                Output::Inherit,
+    /// The round of STATUS out, if any: read what came, and once it is
+    /// complete, hand its tally to the machine.
+    fn peers_turn(&mut self, _readable: bool) -> Option<u8> {
+        self.barrier.deadline()?;
+        let tally = self.barrier.on_ready(Instant::now())?;
+        self.feed(Event::PeersAnswered(tally))
+    }
+
+    /// The STOP marker mirrors the hold while container-run runs (SPEC
+    /// section 2): only START ends a hold, so a marker that someone else
+    /// removed or replaced is written again, and one planted without a hold
+    /// is removed. What it mends is said once per 10 s, with a count.
+    fn guard_hold(&mut self) {
+        let hold = self.machine.snapshot(Instant::now()).hold;
+        let (base, paths) = (&self.base, &self.cfg.paths);
+        let shown = paths.stopped.display();
+        let (what, result) = match (hold, state_files::hold_is_ours(base, paths)) {
+            (true, Some(true)) | (false, None) => return,
+            (true, _) => (
+                format!(
+                    "the STOP marker {shown} was removed or replaced while the hold is in force: writing it again"
+                ),
+                state_files::write_hold(base, paths),
             ),
-            Child::Condition | Child::PostStart => {
-                let hook = match child {
-                    Child::Condition => cfg.condition.as_ref(),
-                    _ => cfg.post_start.as_ref(),
-                };
-                let Some(hook) = hook else {
-                    return Event::Missing(child);
-                };
-                let output = if child == Child::Condition {
-                    Output::Discard
-                } else {
-                    Output::Inherit
-                };
-                (
-                    hook.program.as_os_str(),
-                    hook.args.iter().map(|a| a.as_os_str()).collect(),
-                    output,
-                )
-            }
-            Child::Drain(call) => {
-                let Some(program) = cfg.drain.as_ref() else {
-                    return Event::Missing(child);
-                };
-                (
-                    program.as_os_str(),
-                    call.args().into_iter().map(OsStr::new).collect(),
-                    Output::Capture,
-                )
-            }
+            (false, Some(_)) => (
+                format!("a STOP marker {shown} appeared without an operator's STOP: removing it"),
+                state_files::remove_hold(base, paths),
+            ),
         };
-        // The post-start and the drain are looked up when they are due;
-        // a missing one is skipped (SPEC sections 5 and 8).
-        if matches!(child, Child::PostStart | Child::Drain(_)) && find_program(program).is_none() {
-            log::info!(
-                "{} {} not found: skipped",
-                what(child),
-                program.to_string_lossy()
-            );
-            return Event::Missing(child);
-        }
-        let drain_env = [drain::JOB_STATE];
-        let is_drain = matches!(child, Child::Drain(_));
-        let spec = SpawnSpec {
-            program,
-            args,
-            output,
-            env_add: if is_drain { &drain_env } else { &[] },
-            env_remove: if is_drain {
-                &[drain::NO_NEXT_STATE]
-            } else {
-                &[]
-            },
-        };
-        match tree::spawn(&spec, &self.inherited) {
-            Ok(spawned) => {
-                match child {
-                    Child::Main => log::info!(
-                        "running {} as pid {} (job {}, process {})",
-                        program.to_string_lossy(),
-                        spawned.pid,
-                        cfg.paths.job,
-                        cfg.paths.process
-                    ),
-                    Child::Condition => {
-                        log::debug!("post-start condition runs as pid {}", spawned.pid)
-                    }
-                    _ => log::info!(
-                        "running {} {} as pid {}",
-                        what(child),
-                        program.to_string_lossy(),
-                        spawned.pid
-                    ),
-                }
-                if let Some(fd) = spawned.stdout {
-                    self.drain_out = Some((nonblocking(fd), Vec::new()));
-                }
-                Event::Spawned(child, spawned.pid)
-            }
-            Err(e) => {
-                // The job's own command gets the one-line style of every
-                // fatal error (`container-run: /etc/passwd: permission
-                // denied`), as it ends container-run with 126 or 127.
-                if child == Child::Main {
-                    log::info!("{}", e.message);
-                } else {
-                    log::error!("{}: {}", what(child), e.message);
-                }
-                Event::SpawnFailed(child, e.code)
-            }
+        if let Some(held) = self.hold_warned.due(Instant::now()) {
+            let what = match result {
+                Ok(()) => what,
+                Err(e) => format!("{what}: {}", os_phrase(&e)),
+            };
+            log::warn!("{}", Limited::text(&what, held));
         }
     }
-}
 
-fn what(child: Child) -> &'static str {
-    match child {
-        Child::Main => "job",
-        Child::Condition => "post-start condition",
-        Child::PostStart => "post-start",
-        Child::Drain(_) => "drain",
+    /// Start `child` as the machine asked; the drain script's stdout is
+    /// read from then on.
+    fn spawn(&mut self, child: Child) -> Event {
+        let (started, stdout) = children::spawn(&self.cfg, &self.inherited, child);
+        if let Some(file) = stdout {
+            self.drain_out = Some((file, Vec::new()));
+        }
+        Event::Spawned(child, started)
     }
 }
 
-fn nonblocking(fd: OwnedFd) -> std::fs::File {
-    let file = std::fs::File::from(fd);
-    if let Err(e) = nix::fcntl::fcntl(
-        &file,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    ) {
-        log::warn!("cannot make the drain's output non-blocking: {e}");
+/// Log a failed file operation; whether it succeeded.
+fn report(what: &str, result: std::io::Result<()>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            log::error!("{what}: {}", os_phrase(&e));
+            false
+        }
     }
-    file
-}
-
-/// A command "exists as a path or on PATH" (the post-start, the drain, the
-/// job).
-fn find_program(program: &OsStr) -> Option<PathBuf> {
-    let p = std::path::Path::new(program);
-    if program.as_encoded_bytes().contains(&b'/') {
-        return p.exists().then(|| p.to_path_buf());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
 }

@@ -4,7 +4,6 @@
 //! waitpid.
 
 use std::ffi::OsStr;
-use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
@@ -15,33 +14,9 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, killpg, sigprocmask};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid as NixPid;
 
-use crate::exit;
+use crate::exit::{self, Exit};
 
 pub type Pid = i32;
-
-/// How a child ended: a fact of the wait status, kept whole so that logs
-/// can say "killed by signal 9 (SIGKILL)" rather than guess from 137.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Code(u8),
-    Signal(u8),
-}
-
-impl fmt::Display for Exit {
-    /// "exited with status 3" or "was killed by signal 9 (SIGKILL)".
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Exit::Code(c) => write!(f, "exited with status {c}"),
-            Exit::Signal(s) => {
-                write!(f, "was killed by signal {s}")?;
-                match Signal::try_from(i32::from(s)) {
-                    Ok(sig) => write!(f, " ({})", sig.as_str()),
-                    Err(_) => Ok(()),
-                }
-            }
-        }
-    }
-}
 
 /// How a child's output is wired: the job and the post-start share
 /// container-run's stdout/stderr; the condition's output is discarded; the
@@ -296,48 +271,108 @@ pub fn walk(root: Pid, mut children: impl FnMut(Pid) -> Vec<Pid>) -> Vec<Pid> {
 /// the job's process group with setsid or a double fork. The `children`
 /// files make the cost follow the size of the job's tree, not the system's.
 pub fn descendants() -> Vec<ProcEntry> {
+    if !has_children() {
+        return Vec::new();
+    }
     let root = std::process::id() as Pid;
-    let pids = if children_files(root).is_some() {
-        walk(root, |pid| children_files(pid).unwrap_or_default())
-    } else {
-        let procs = read_proc();
-        walk(root, |pid| {
-            procs
-                .iter()
-                .filter(|p| p.ppid == pid)
-                .map(|p| p.pid)
-                .collect()
-        })
+    let pids = match children_files(root) {
+        // The root's children, read once.
+        Some(first) => {
+            let mut first = Some(first);
+            walk(root, |pid| match first.take() {
+                Some(kids) if pid == root => kids,
+                _ => children_files(pid).unwrap_or_default(),
+            })
+        }
+        None => {
+            let procs = read_proc();
+            walk(root, |pid| {
+                procs
+                    .iter()
+                    .filter(|p| p.ppid == pid)
+                    .map(|p| p.pid)
+                    .collect()
+            })
+        }
     };
     pids.iter()
         .filter_map(|pid| read_entry(&pid.to_string()))
         .collect()
 }
 
-/// The start of a stop: `signal` to the job's group, SIGTERM to the
-/// helpers' groups, SIGCONT to both (a process stopped with SIGSTOP must act
-/// on what it was sent), then SIGTERM and SIGCONT to every descendant that
-/// escaped those groups, except the group `spare`. The groups come first:
-/// they are known without reading /proc.
-pub fn terminate(job: Pid, helpers: &[Pid], signal: Signal, spare: Option<Pid>) {
-    signal_group(job, signal);
-    signal_group(job, Signal::SIGCONT);
-    for &g in helpers {
-        signal_group(g, Signal::SIGTERM);
-        signal_group(g, Signal::SIGCONT);
+/// Whether container-run has a child at all, alive or not yet reaped; one
+/// system call that reaps nothing (the reap loop owns reaping). Without
+/// one, nothing of the tree is left to walk: an orphan is re-parented here.
+fn has_children() -> bool {
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: siginfo_t is plain data, all zero a valid value; waitid
+    // writes only the siginfo it is given, and WNOWAIT leaves an exited
+    // child to be reaped by the loop.
+    let r = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(libc::P_ALL, 0, &mut info, flags)
+    };
+    r == 0 || Errno::last() != Errno::ECHILD
+}
+
+/// The start of a stop, before anything else is done: `signal` to the job's
+/// group, SIGTERM to the hook's, and SIGCONT to both (a process stopped
+/// with SIGSTOP must act on what it was sent). Groups only: finding what
+/// escaped them means reading /proc, which waits for the job's exit
+/// (`sweep`). Then the CPU is yielded: the kernel wakes a signalled process
+/// on the signaller's CPU, where it would wait for the stop's bookkeeping
+/// (its log line, the STOP marker, the reply) before it could act on its
+/// signal.
+pub fn terminate(job: Option<Pid>, hook: Option<Pid>, signal: Signal) {
+    for (group, first) in [(job, signal), (hook, Signal::SIGTERM)] {
+        if let Some(group) = group {
+            signal_group(group, first);
+            signal_group(group, Signal::SIGCONT);
+        }
     }
+    // SAFETY: sched_yield takes no argument and cannot fail on Linux.
+    unsafe {
+        libc::sched_yield();
+    }
+}
+
+/// At the job's exit: `signal` and SIGCONT to what is left of the job's
+/// group `job`, SIGTERM and SIGCONT to every other descendant (escaped with
+/// setsid or a double fork), except the groups in `skip` (signalled already
+/// while their leaders lived) and the group `spare`. Each process is found
+/// by the walk and signalled by its pid: a group whose leader is gone is
+/// never signalled by its id.
+pub fn sweep(job: Pid, signal: Signal, skip: &[Pid], spare: Option<Pid>) {
     for p in descendants() {
-        if p.pgrp != job && !helpers.contains(&p.pgrp) && Some(p.pgrp) != spare {
-            signal_pid(p.pid, Signal::SIGTERM);
+        if skip.contains(&p.pgrp) || Some(p.pgrp) == spare {
+            continue;
+        }
+        let first = if p.pgrp == job {
+            signal
+        } else {
+            Signal::SIGTERM
+        };
+        signal_pid(p.pid, first);
+        signal_pid(p.pid, Signal::SIGCONT);
+    }
+}
+
+/// `signal` (and SIGCONT, unless it is SIGKILL) to the processes left in a
+/// group whose leader was reaped, found by the walk.
+pub fn signal_members(group: Pid, signal: Signal) {
+    for p in descendants().iter().filter(|p| p.pgrp == group) {
+        signal_pid(p.pid, signal);
+        if signal != Signal::SIGKILL {
             signal_pid(p.pid, Signal::SIGCONT);
         }
     }
 }
 
-/// SIGKILL to the groups and to every descendant outside the group `spare`.
-/// A process that forks between the walk and its SIGKILL is not missed: its
-/// child is re-parented here when it dies, and the machine asks for another
-/// sweep at every reap while children are left.
+/// SIGKILL to the groups (whose leaders live) and to every descendant
+/// outside the group `spare`. A process that forks between the walk and
+/// its SIGKILL is not missed: its child is re-parented here when it dies,
+/// and the machine asks for another sweep at every reap while children are
+/// left.
 pub fn kill_tree(groups: &[Pid], spare: Option<Pid>) {
     for &g in groups {
         signal_group(g, Signal::SIGKILL);

@@ -57,7 +57,7 @@ pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
 
 fn run_check(check: &[OsString]) -> u8 {
     use crate::exit;
-    use crate::tree::Exit;
+    use crate::exit::Exit;
     use std::os::unix::process::ExitStatusExt;
     match Command::new(&check[0]).args(&check[1..]).status() {
         Ok(status) => match (status.code(), status.signal()) {

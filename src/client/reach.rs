@@ -67,7 +67,8 @@ impl Place {
             }
             Place::File { base, dir, name } => {
                 let dir_fd = match base {
-                    Some(base) => crate::state_files::open_beneath(base, dir, false),
+                    Some(base) => crate::state_files::Base::open(base, false)
+                        .and_then(|base| base.open_beneath(dir, false)),
                     None => openat(
                         AT_FDCWD,
                         dir.as_path(),

@@ -70,7 +70,7 @@ struct Dir {
 
 pub struct Tree {
     inotify: Inotify,
-    base: PathBuf,
+    base: crate::state_files::Base,
     opts: Options,
     limits: Limits,
     dirs: HashMap<WatchDescriptor, Dir>,
@@ -93,7 +93,7 @@ impl Tree {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         let mut tree = Tree {
             inotify,
-            base: base.to_path_buf(),
+            base: crate::state_files::Base::open(base, opts.create)?,
             opts,
             limits,
             dirs: HashMap::new(),
@@ -114,7 +114,7 @@ impl Tree {
     }
 
     fn open_root(&mut self) -> io::Result<()> {
-        let fd = crate::state_files::open_beneath(&self.base, &self.opts.root, self.opts.create)?;
+        let fd = self.base.open_beneath(&self.opts.root, self.opts.create)?;
         self.root = Some(self.add_dir(fd, PathBuf::new(), 0)?);
         Ok(())
     }
@@ -360,7 +360,7 @@ impl Tree {
     }
 
     fn shown(&self, rel: &Path) -> String {
-        let full = self.base.join("sys/log").join(rel);
+        let full = self.base.path().join("sys/log").join(rel);
         let path = if self.opts.root.as_os_str().is_empty() {
             rel
         } else {

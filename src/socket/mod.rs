@@ -136,14 +136,16 @@ fn bind_abstract(name: &[u8]) -> std::io::Result<UnixDatagram> {
 }
 
 impl ControlSocket {
+    /// Bind the named socket (`mode` and `group` its own) and the
+    /// rendezvous of `pod`.
     pub fn bind(
+        base: &crate::state_files::Base,
         paths: &Paths,
         pod: &Pod,
-        mode: u32,
-        group: Option<u32>,
+        (mode, group): (u32, Option<u32>),
     ) -> Result<ControlSocket, Fatal> {
         let me = Identity::current();
-        let published = name::Published::bind(paths, mode, group, &me)?;
+        let published = name::Published::bind(base, paths, (mode, group), &me)?;
         let nonce = crate::state_files::random_suffix()
             .map_err(|e| Fatal::setup("cannot draw a random name", e))?;
         let rendezvous_name = pod.name_for(&paths.job, &paths.process, &nonce);

@@ -32,7 +32,7 @@ use super::Identity;
 use crate::error::Fatal;
 use crate::logger::Limited;
 use crate::paths::Paths;
-use crate::state_files;
+use crate::state_files::{self, Base};
 
 /// Sockets that lost the name but still serve the peers connected to them.
 const MAX_RETIRED: usize = 4;
@@ -179,7 +179,7 @@ enum Publish {
 
 /// Where the name is, and how its socket is made.
 struct Place {
-    base: PathBuf,
+    base: Base,
     /// `data/JOB`, opened below BASE without following links.
     rel: PathBuf,
     name: OsString,
@@ -207,13 +207,15 @@ pub struct Published {
 
 impl Published {
     pub fn bind(
+        base: &Base,
         paths: &Paths,
-        mode: u32,
-        group: Option<u32>,
+        (mode, group): (u32, Option<u32>),
         me: &Identity,
     ) -> Result<Published, Fatal> {
         let place = Place {
-            base: paths.base.clone(),
+            base: base
+                .try_clone()
+                .map_err(|e| Fatal::setup("cannot keep the base directory open", e))?,
             rel: paths
                 .data_dir
                 .strip_prefix(&paths.base)
@@ -271,7 +273,7 @@ impl Published {
     }
 
     fn open_data_dir(&self, create: bool) -> io::Result<OwnedFd> {
-        state_files::open_beneath(&self.place.base, &self.place.rel, create)
+        self.place.base.open_beneath(&self.place.rel, create)
     }
 
     /// What holds the name now, never through a link.
@@ -452,7 +454,9 @@ impl Place {
     }
 
     fn bind_new(&self, me: &Identity, how: Publish) -> Result<(UnixDatagram, (u64, u64)), Fatal> {
-        let data = state_files::open_beneath(&self.base, &self.rel, true)
+        let data = self
+            .base
+            .open_beneath(&self.rel, true)
             .map_err(|e| self.cannot("cannot open the directory of", e))?;
         let private = PrivateDir::create(data.as_fd(), me)
             .map_err(|e| self.cannot("cannot create a private directory for", e))?;
