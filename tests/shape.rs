@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 
 use common::*;
 
-/// Processes a test started outside `Run`, SIGKILLed by pid and reaped
-/// when the test ends, whatever happened.
+/// Processes a test started outside `Run`, SIGKILLed by pid (with every
+/// descendant) and reaped when the test ends, whatever happened.
 struct Started {
     child: Child,
     also: Vec<i32>,
@@ -58,7 +58,11 @@ impl Started {
 
 impl Drop for Started {
     fn drop(&mut self) {
-        for &pid in &self.also {
+        // Whatever it started too (container-run under strace outlives a
+        // killed strace), by pid.
+        let mut pids = descendants(self.pid());
+        pids.extend(&self.also);
+        for pid in pids {
             kill(pid, libc::SIGKILL);
         }
         if self.child.try_wait().unwrap().is_none() {
