@@ -315,10 +315,22 @@ pub fn is_root() -> bool {
 
 /// A process's resident set, from /proc/PID/status.
 pub fn rss_kb(pid: i32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+/// The anonymous part of the resident set (heap, stacks): what a leak
+/// grows. VmRSS also counts the binary's code pages, which a path run for
+/// the first time after a baseline brings in once (tens of kB of a debug
+/// build) without anything being kept.
+pub fn rss_anon_kb(pid: i32) -> u64 {
+    status_kb(pid, "RssAnon:")
+}
+
+fn status_kb(pid: i32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
