@@ -119,23 +119,8 @@ fn double_fork(grandchild: impl FnOnce()) {
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opt = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .map(|i| args.get(i + 1).cloned().unwrap_or_default())
-    };
-    let flag = |name: &str| args.iter().any(|a| a == name);
-
-    if let Some(path) = opt("--status") {
-        write_atomic(&path, &status_report());
-    }
-    let ignore_term = flag("--ignore-term");
-    if ignore_term {
-        // SAFETY: installing SIG_IGN has no handler to run.
-        unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.expect("ignore SIGTERM");
-    }
+/// `--grandchild`, `--orphans`, `--detach` and `--children`, in that order.
+fn make_descendants(args: &[String], opt: &dyn Fn(&str) -> Option<String>) {
     if let Some(path) = opt("--grandchild") {
         double_fork(|| {
             setsid().expect("setsid");
@@ -183,6 +168,26 @@ fn main() {
         }
         write_atomic(&file, &pids.join("\n"));
     }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args.get(i + 1).cloned().unwrap_or_default())
+    };
+    let flag = |name: &str| args.iter().any(|a| a == name);
+
+    if let Some(path) = opt("--status") {
+        write_atomic(&path, &status_report());
+    }
+    let ignore_term = flag("--ignore-term");
+    if ignore_term {
+        // SAFETY: installing SIG_IGN has no handler to run.
+        unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.expect("ignore SIGTERM");
+    }
+    make_descendants(&args, &opt);
     let stamp = opt("--notify").or_else(|| std::env::var("TESTCHILD_NOTIFY").ok());
     let record = opt("--record");
     let mut watched = SigSet::empty();
@@ -211,19 +216,35 @@ fn main() {
     if record.is_none() && stamp.is_none() {
         sleep_forever();
     }
+    record_signals(
+        &watched,
+        stamp.as_deref(),
+        record.as_deref(),
+        flag("--exit-on-quit"),
+    );
+}
+
+/// Wait for each watched signal: report it, record it, and exit on the
+/// ones that end the test child.
+fn record_signals(
+    watched: &SigSet,
+    stamp: Option<&str>,
+    record: Option<&str>,
+    exit_on_quit: bool,
+) -> ! {
     loop {
         let sig = watched.wait().expect("sigwait");
         if sig == Signal::SIGTERM
-            && let Some(socket) = &stamp
+            && let Some(socket) = stamp
         {
             notify(socket, "term");
         }
-        if let Some(path) = &record {
+        if let Some(path) = record {
             append(path, sig.as_str());
         }
         if sig == Signal::SIGTERM
             || sig == Signal::SIGINT
-            || (sig == Signal::SIGQUIT && flag("--exit-on-quit"))
+            || (sig == Signal::SIGQUIT && exit_on_quit)
         {
             std::process::exit(0);
         }

@@ -38,6 +38,42 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The installed binary as a job container runs it, with the test child.
+fn run_installed(installed: &Path, base: &Path, ready: &Path) -> Installed {
+    Installed(
+        Command::new(installed)
+            .arg("--base-dir")
+            .arg(base)
+            .args(["--job-name", "job", "--"])
+            .arg(child())
+            .arg("--ready")
+            .arg(ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Install with the installed binary, then with the original: each time a
+/// new inode under the same name, mode 0755, nothing else left in `dir`.
+fn reinstall_twice(dir: &Path, installed: &Path, first_inode: u64) {
+    let mut inode = first_inode;
+    for with in [installed.to_path_buf(), bin()] {
+        assert_eq!(install(&with, dir), (0, String::new(), String::new()));
+        let now = std::fs::metadata(installed).unwrap();
+        assert_ne!(now.ino(), inode, "installed with {}", with.display());
+        assert_eq!(now.permissions().mode() & 0o7777, 0o755);
+        inode = now.ino();
+    }
+    assert_eq!(
+        std::fs::read(installed).unwrap(),
+        std::fs::read(bin()).unwrap()
+    );
+    assert_eq!(entries(dir), ["container-run"], "no temporary file left");
+}
+
 #[test]
 fn installs_into_a_new_directory_and_again_while_the_file_runs() {
     let t = TempDir::new();
@@ -56,20 +92,7 @@ fn installs_into_a_new_directory_and_again_while_the_file_runs() {
     // A job container runs the installed file.
     let base = t.file("base");
     let ready = t.file("ready");
-    let mut running = Installed(
-        Command::new(&installed)
-            .arg("--base-dir")
-            .arg(&base)
-            .args(["--job-name", "job", "--"])
-            .arg(child())
-            .arg("--ready")
-            .arg(&ready)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut running = run_installed(&installed, &base, &ready);
     let pid = running.0.id() as i32;
     let job = wait_pid_file(&ready);
     assert_eq!(
@@ -85,20 +108,7 @@ fn installs_into_a_new_directory_and_again_while_the_file_runs() {
 
     // The installed binary installs itself over itself, then the original
     // installs once more: each a new file under the same name.
-    let mut inode = meta.ino();
-    for with in [installed.clone(), bin()] {
-        assert_eq!(install(&with, &dir), (0, String::new(), String::new()));
-        let now = std::fs::metadata(&installed).unwrap();
-        assert_ne!(now.ino(), inode, "installed with {}", with.display());
-        assert_eq!(now.permissions().mode() & 0o7777, 0o755);
-        inode = now.ino();
-    }
-    assert_eq!(
-        std::fs::read(&installed).unwrap(),
-        std::fs::read(bin()).unwrap()
-    );
-    assert_eq!(entries(&dir), ["container-run"], "no temporary file left");
-
+    reinstall_twice(&dir, &installed, meta.ino());
     // The process that ran the replaced file goes on unaffected: it runs
     // the old inode, still answers, still has its job, and ends cleanly.
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();

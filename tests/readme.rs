@@ -28,6 +28,34 @@ fn sh_blocks(markdown: &str) -> Vec<Vec<String>> {
     blocks
 }
 
+/// The demo job, killed by pid if the test ends first.
+struct Demo(std::process::Child);
+
+impl Demo {
+    fn spawn(args: &str, path: &str) -> Demo {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("exec container-run {args}"))
+            .env("PATH", path)
+            .env_remove("CONTAINER_RUN_BASE_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Demo(child)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if self.0.try_wait().unwrap().is_none() {
+            kill(self.0.id() as i32, libc::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn the_quick_start_runs_as_written_and_leaves_no_hold() {
     let readme =
@@ -55,26 +83,7 @@ fn the_quick_start_runs_as_written_and_leaves_no_hold() {
     let local = |line: &str| line.replace(DEMO_BASE, &base.display().to_string());
 
     // The demo's arguments, through the shell that would parse them.
-    let demo_cmd = Command::new("sh")
-        .arg("-c")
-        .arg(format!("exec container-run {}", local(demo)))
-        .env("PATH", &path)
-        .env_remove("CONTAINER_RUN_BASE_DIR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Demo(std::process::Child);
-    impl Drop for Demo {
-        fn drop(&mut self) {
-            if self.0.try_wait().unwrap().is_none() {
-                kill(self.0.id() as i32, libc::SIGKILL);
-                let _ = self.0.wait();
-            }
-        }
-    }
-    let mut demo_cmd = Demo(demo_cmd);
+    let mut demo_cmd = Demo::spawn(&local(demo), &path);
     let files = Files::new(&base, "demo", "demo");
     wait_until("demo running", || files.pidfile.exists());
 

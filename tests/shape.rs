@@ -153,22 +153,12 @@ fn call(line: &str) -> (&str, &str) {
     (name, ret.split_whitespace().next().unwrap_or(""))
 }
 
-#[test]
-fn a_stop_sends_the_stop_signal_before_anything_else() {
-    let strace = Path::new("/usr/bin/strace");
-    if !strace.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "needs strace, and CI must install it"
-        );
-        eprintln!("skipped: needs strace");
-        return;
-    }
-    let t = TempDir::new();
+/// container-run under strace (alone, no -f: the job is not traced), one
+/// STOP, then SIGTERM; the trace's text and the job's pid.
+fn trace_a_stop(t: &TempDir, strace: &Path) -> (String, i32) {
     let trace = t.file("trace");
-    let rec = Recorder::new(&t, &[]);
+    let rec = Recorder::new(t, &[]);
     let files = Files::new(t.path(), "job", "job");
-    // container-run alone is traced (no -f): the job is not.
     let mut traced = Started::new(
         Command::new(strace)
             .args(["-qq", "-s", "128", "-o"])
@@ -189,8 +179,22 @@ fn a_stop_sends_the_stop_signal_before_anything_else() {
     });
     kill(supervisor, libc::SIGTERM);
     assert_eq!(traced.wait_exit(), 0);
+    (std::fs::read_to_string(&trace).unwrap(), job)
+}
 
-    let text = std::fs::read_to_string(&trace).unwrap();
+#[test]
+fn a_stop_sends_the_stop_signal_before_anything_else() {
+    let strace = Path::new("/usr/bin/strace");
+    if !strace.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs strace, and CI must install it"
+        );
+        eprintln!("skipped: needs strace");
+        return;
+    }
+    let t = TempDir::new();
+    let (text, job) = trace_a_stop(&t, strace);
     let lines: Vec<&str> = text.lines().collect();
     let at = |from: usize, what: &str, found: &dyn Fn(&str) -> bool| {
         from + lines[from..]
@@ -224,6 +228,38 @@ fn a_stop_sends_the_stop_signal_before_anything_else() {
         walked.is_empty(),
         "/proc read while the job was stopping: {walked:#?}"
     );
+}
+
+/// Run `cmd` in the PID and mount namespaces of `init`; its exit code.
+fn in_namespace(init: i32, cmd: &str) -> i32 {
+    let mut c = Command::new("nsenter");
+    c.args([
+        "--target",
+        &init.to_string(),
+        "--pid",
+        "--mount",
+        "/bin/sh",
+        "-c",
+        cmd,
+    ]);
+    output_with_deadline(c).0
+}
+
+/// A new process-group leader of the namespace takes pid `pid`.
+fn take_pid(t: &TempDir, pid: i32, in_ns: &dyn Fn(&str) -> i32) {
+    let innocent = t.file("innocent");
+    let take = format!(
+        "echo {last} > /proc/sys/kernel/ns_last_pid; setsid sleep 1000 & echo $! > {file}",
+        last = pid - 1,
+        file = innocent.display()
+    );
+    assert_eq!(in_ns(&take), 0);
+    assert_eq!(wait_pid_file(&innocent), pid, "the hook's pid was taken");
+    wait_until("the innocent leads its group", || {
+        in_ns(&format!(
+            "[ \"$(ps -o pgid= -p {pid} | tr -d ' ')\" = {pid} ]"
+        )) == 0
+    });
 }
 
 #[test]
@@ -268,32 +304,8 @@ fn a_reaped_hooks_process_group_is_never_signalled_again() {
             .contains(&reaped)
     });
     // A new process group leader of the namespace takes the hook's pid.
-    let innocent = t.file("innocent");
-    let take = format!(
-        "echo {last} > /proc/sys/kernel/ns_last_pid; setsid sleep 1000 & echo $! > {file}",
-        last = hook - 1,
-        file = innocent.display()
-    );
-    let in_ns = |cmd: &str| {
-        let mut c = Command::new("nsenter");
-        c.args([
-            "--target",
-            &init.to_string(),
-            "--pid",
-            "--mount",
-            "/bin/sh",
-            "-c",
-            cmd,
-        ]);
-        output_with_deadline(c).0
-    };
-    assert_eq!(in_ns(&take), 0);
-    assert_eq!(wait_pid_file(&innocent), hook, "the hook's pid was taken");
-    wait_until("the innocent leads its group", || {
-        in_ns(&format!(
-            "[ \"$(ps -o pgid= -p {hook} | tr -d ' ')\" = {hook} ]"
-        )) == 0
-    });
+    let in_ns = |cmd: &str| in_namespace(init, cmd);
+    take_pid(&t, hook, &in_ns);
     // QUIT reaches the job's group; the stop timeout's SIGKILL the tree.
     send(&files.socket, "QUIT");
     wait_until("QUIT reached the job", || {

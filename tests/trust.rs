@@ -1153,20 +1153,87 @@ fn fake_log(path: &Path) -> Vec<String> {
 /// real jobs, nothing raw reaches a terminal, `monit stop nats` is not
 /// ambiguous, no command goes to a fake, and the root-only socket hears
 /// nothing from ctl, monit, bpm or the barrier.
-#[test]
-fn planted_names_are_not_jobs_and_links_are_never_followed() {
-    if !require_root("to act as the job's user") {
-        return;
+/// `ctl status --all`, `monit summary` and `bpm list` show exactly the
+/// jobs `jobs` (each as JOB/JOB), in that order, and nothing raw.
+fn listings_show_exactly(base: &Path, jobs: &[&str]) {
+    let want: Vec<(&str, &str)> = jobs.iter().map(|j| (*j, *j)).collect();
+    let (_, out, err) = client(base, "ctl", &["status", "--all"]);
+    assert_no_control("ctl status --all", &(out.clone() + &err));
+    assert_eq!(table_rows(&out), pairs(&want), "{out}{err}");
+    let (_, out, err) = client(base, "monit", &["summary"]);
+    assert_no_control("monit summary", &(out.clone() + &err));
+    let processes: Vec<&str> = out.lines().filter(|l| l.starts_with("Process ")).collect();
+    assert_eq!(processes.len(), jobs.len(), "{out}{err}");
+    for (row, job) in processes.iter().zip(jobs) {
+        assert!(row.starts_with(&format!("Process '{job}'")), "{out}");
     }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job", "nats", "web"]);
-    let atk = attacker_dir(&t);
-    let v = Victims::new(&t);
-    let (victim_path, victim) = v.socket("root-only.sock");
-    let mut job = Run::builder(&base, "job").spawn([child()]);
-    let mut nats = Run::builder(&base, "nats").spawn([child()]);
+    let (_, out, err) = client(base, "bpm", &["list"]);
+    assert_no_control("bpm list", &(out.clone() + &err));
+    let names: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, jobs, "{out}{err}");
+}
+
+/// `monit stop|start nats` is not ambiguous, `ctl stop|start --all` reach
+/// the real jobs, and the fakes at the rendezvous hear nothing but STATUS.
+fn commands_reach_only_the_real_jobs(base: &Path, job: &Run, nats: &Run, log: &Path) {
+    let (_, out, err) = client(base, "monit", &["stop", "nats"]);
+    assert!(!err.contains("ambiguous"), "{out}{err}");
+    nats.wait_stopped();
+    assert_eq!(nats.status()["hold"], true);
+    let (code, out, err) = client(base, "monit", &["start", "nats"]);
+    assert!(!err.contains("ambiguous"), "{code} {out}{err}");
+    nats.wait_running();
+
+    let (_, out, err) = client(base, "ctl", &["stop", "--all"]);
+    assert_no_control("ctl stop --all", &(out.clone() + &err));
+    job.wait_stopped();
+    nats.wait_stopped();
+    let (_, out, err) = client(base, "ctl", &["start", "--all"]);
     job.wait_running();
     nats.wait_running();
+    let commands: Vec<String> = fake_log(log)
+        .into_iter()
+        .filter(|l| l.starts_with("path") || !l.ends_with("b'STATUS'"))
+        .collect();
+    assert!(
+        commands.is_empty(),
+        "the fakes received {commands:?} ({out}{err})"
+    );
+}
+
+/// `ctl status --all --json` lists job and nats alone, and `monit
+/// summary | grep -c running` counts them and the system row: 3.
+fn json_and_counts_show_only_the_real_jobs(base: &Path) {
+    let real = pairs(&[("job", "job"), ("nats", "nats")]);
+    let (_, out, err) = client(base, "ctl", &["status", "--all", "--json"]);
+    let listed: Vec<(String, String)> = out
+        .lines()
+        .map(|l| {
+            let s: Value = serde_json::from_str(l).unwrap();
+            (
+                s["job"].as_str().unwrap().into(),
+                s["process"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, real, "{out}{err}");
+    let (_, out, _) = client(base, "monit", &["summary"]);
+    assert_eq!(
+        out.lines().filter(|l| l.contains("running")).count(),
+        3,
+        "{out}"
+    );
+}
+
+/// What the job user plants for `planted_names_are_not_jobs_...`: sockets
+/// of its own at socket names answering with forged lines, a link at one to
+/// the root-only `victim_path`, and look-alike rendezvous names (beside
+/// `job_pid`'s real one).
+fn planted_spec(base: &Path, victim_path: &Path, job_pid: i32) -> Vec<Value> {
     let laden = fake_line(
         "\u{1b}]0;owned\u{7}job",
         "x\u{1b}[1A\u{1b}[2K\njob  job  running",
@@ -1182,7 +1249,7 @@ fn planted_names_are_not_jobs_and_links_are_never_followed() {
             "line": fake_line("web", "nats", "running", false)}),
         serde_json::json!({"link": victim_path, "at": data("job/victim_containerrun.sock")}),
     ];
-    if let Some(real) = rendezvous_of(job.pid()) {
+    if let Some(real) = rendezvous_of(job_pid) {
         let pod = name_prefix(&real, 2);
         let own = name_prefix(&real, 3);
         for (i, (at, line)) in [
@@ -1199,6 +1266,24 @@ fn planted_names_are_not_jobs_and_links_are_never_followed() {
             spec.push(serde_json::json!({"bind": format!("@{at}"), "tag": format!("abstract{i}"), "line": line}));
         }
     }
+    spec
+}
+
+#[test]
+fn planted_names_are_not_jobs_and_links_are_never_followed() {
+    if !require_root("to act as the job's user") {
+        return;
+    }
+    let t = TempDir::new();
+    let base = job_owned_base(&t, &["job", "nats", "web"]);
+    let atk = attacker_dir(&t);
+    let v = Victims::new(&t);
+    let (victim_path, victim) = v.socket("root-only.sock");
+    let mut job = Run::builder(&base, "job").spawn([child()]);
+    let mut nats = Run::builder(&base, "nats").spawn([child()]);
+    job.wait_running();
+    nats.wait_running();
+    let spec = planted_spec(&base, &victim_path, job.pid());
     let log = atk.join("fakes.log");
     let _fakes = Attacker::python(
         &atk,
@@ -1206,67 +1291,10 @@ fn planted_names_are_not_jobs_and_links_are_never_followed() {
         FAKES,
         &args(&[&log, &serde_json::to_string(&spec).unwrap()]),
     );
-    let real = pairs(&[("job", "job"), ("nats", "nats")]);
+    listings_show_exactly(&base, &["job", "nats"]);
+    json_and_counts_show_only_the_real_jobs(&base);
 
-    let (_, out, err) = client(&base, "ctl", &["status", "--all"]);
-    assert_no_control("ctl status --all", &(out.clone() + &err));
-    assert_eq!(table_rows(&out), real, "{out}{err}");
-    let (_, out, err) = client(&base, "ctl", &["status", "--all", "--json"]);
-    let listed: Vec<(String, String)> = out
-        .lines()
-        .map(|l| {
-            let s: Value = serde_json::from_str(l).unwrap();
-            (
-                s["job"].as_str().unwrap().into(),
-                s["process"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    assert_eq!(listed, real, "{out}{err}");
-    let (_, out, err) = client(&base, "monit", &["summary"]);
-    assert_no_control("monit summary", &(out.clone() + &err));
-    let processes: Vec<&str> = out.lines().filter(|l| l.starts_with("Process ")).collect();
-    assert_eq!(processes.len(), 2, "{out}{err}");
-    assert!(
-        processes[0].starts_with("Process 'job'") && processes[1].starts_with("Process 'nats'")
-    );
-    assert_eq!(
-        out.lines().filter(|l| l.contains("running")).count(),
-        3,
-        "{out}"
-    );
-    let (_, out, err) = client(&base, "bpm", &["list"]);
-    assert_no_control("bpm list", &(out.clone() + &err));
-    let names: Vec<&str> = out
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(names, ["job", "nats"], "{out}{err}");
-
-    let (_, out, err) = client(&base, "monit", &["stop", "nats"]);
-    assert!(!err.contains("ambiguous"), "{out}{err}");
-    nats.wait_stopped();
-    assert_eq!(nats.status()["hold"], true);
-    let (code, out, err) = client(&base, "monit", &["start", "nats"]);
-    assert!(!err.contains("ambiguous"), "{code} {out}{err}");
-    nats.wait_running();
-
-    let (_, out, err) = client(&base, "ctl", &["stop", "--all"]);
-    assert_no_control("ctl stop --all", &(out.clone() + &err));
-    job.wait_stopped();
-    nats.wait_stopped();
-    let (_, out, err) = client(&base, "ctl", &["start", "--all"]);
-    job.wait_running();
-    nats.wait_running();
-    let commands: Vec<String> = fake_log(&log)
-        .into_iter()
-        .filter(|l| l.starts_with("path") || !l.ends_with("b'STATUS'"))
-        .collect();
-    assert!(
-        commands.is_empty(),
-        "the fakes received {commands:?} ({out}{err})"
-    );
+    commands_reach_only_the_real_jobs(&base, &job, &nats, &log);
 
     // The barrier: both container-runs ask the pod's others on SIGTERM.
     job.signal(libc::SIGTERM);
@@ -1869,6 +1897,29 @@ fn a_name_squatting_a_peers_prefix_does_not_outlive_the_peer() {
 /// job stopped with a hold (under the job's own prefix), with control
 /// characters. None of them is listed as a job, and no command that only
 /// they answer succeeds.
+/// Every command whose target only a fake answers fails, and prints no
+/// state of it.
+fn only_fakes_answering_fails_every_command(base: &Path) {
+    for call in [
+        &["ctl", "stop", "ghost"][..],
+        &["ctl", "start", "nats"],
+        &["ctl", "term", "ghost"],
+        &["probe", "ghost", "--", "true"],
+        &["bpm", "running", "ghost"],
+        &["bpm", "pid", "ghost"],
+        &["bpm", "stop", "nats"],
+        &["monit", "stop", "ghost"],
+        &["monit", "start", "nats"],
+    ] {
+        let (code, out, err) = client(base, call[0], &call[1..]);
+        assert_ne!(code, 0, "{call:?} succeeded: {out}{err}");
+        assert!(
+            !out.contains("stopped") && !out.contains("running"),
+            "{call:?}: {out}"
+        );
+    }
+}
+
 #[test]
 fn fake_rendezvous_names_are_never_jobs_and_never_make_a_command_succeed() {
     if !require_root("to act as the job's user") {
@@ -1901,45 +1952,13 @@ fn fake_rendezvous_names_are_never_jobs_and_never_make_a_command_succeed() {
     let log = atk.join("fakes.log");
     let _fakes = Attacker::python(&atk, NOBODY, FAKES, &args(&[&log, &spec.to_string()]));
 
-    let (_, out, err) = client(&base, "ctl", &["status", "--all"]);
-    assert_no_control("ctl status --all", &(out.clone() + &err));
-    assert_eq!(table_rows(&out), pairs(&[("job", "job")]), "{out}{err}");
-    let (_, out, err) = client(&base, "monit", &["summary"]);
-    assert_no_control("monit summary", &(out.clone() + &err));
-    let processes: Vec<&str> = out.lines().filter(|l| l.starts_with("Process ")).collect();
-    assert_eq!(processes.len(), 1, "{out}{err}");
-    assert!(processes[0].starts_with("Process 'job'"), "{out}");
-    let (_, out, err) = client(&base, "bpm", &["list"]);
-    assert_no_control("bpm list", &(out.clone() + &err));
-    let names: Vec<&str> = out
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
-    assert_eq!(names, ["job"], "{out}{err}");
+    listings_show_exactly(&base, &["job"]);
 
     // Nothing believed answers for ghost: no container-run (3).
     let (code, out, err) = client(&base, "ctl", &["status", "ghost"]);
     assert_eq!(code, 3, "{out}{err}");
     assert!(out.is_empty(), "{out}{err}");
-    for call in [
-        &["ctl", "stop", "ghost"][..],
-        &["ctl", "start", "nats"],
-        &["ctl", "term", "ghost"],
-        &["probe", "ghost", "--", "true"],
-        &["bpm", "running", "ghost"],
-        &["bpm", "pid", "ghost"],
-        &["bpm", "stop", "nats"],
-        &["monit", "stop", "ghost"],
-        &["monit", "start", "nats"],
-    ] {
-        let (code, out, err) = client(&base, call[0], &call[1..]);
-        assert_ne!(code, 0, "{call:?} succeeded: {out}{err}");
-        assert!(
-            !out.contains("stopped") && !out.contains("running"),
-            "{call:?}: {out}"
-        );
-    }
+    only_fakes_answering_fails_every_command(&base);
     for _ in 0..5 {
         let (code, out, err) = client(&base, "ctl", &["status", "job", "--json"]);
         assert_eq!(code, 0, "{err}");

@@ -108,7 +108,7 @@ impl Drive<'_> {
             {
                 match self.open(&targets[next]) {
                     Ok(s) => sessions[next] = Some(s),
-                    Err(outcome) => outcomes[next] = Some(outcome),
+                    Err(outcome) => outcomes[next] = Some(*outcome),
                 }
                 next += 1;
             }
@@ -140,11 +140,12 @@ impl Drive<'_> {
             .collect()
     }
 
-    #[allow(clippy::result_large_err)]
-    fn open(&self, target: &Target) -> Result<Session, Outcome> {
+    /// A session for `target`, or its outcome when there is nowhere to
+    /// ask (boxed: an outcome may carry a whole status).
+    fn open(&self, target: &Target) -> Result<Session, Box<Outcome>> {
         let places = match &target.reach {
             Reach::At(places) => places,
-            Reach::Nowhere(outcome) => return Err(outcome.clone()),
+            Reach::Nowhere(outcome) => return Err(Box::new(outcome.clone())),
         };
         let pinned = places.len() == 1;
         let first: Vec<ControlCommand> = if pinned {
@@ -161,7 +162,9 @@ impl Drive<'_> {
             }
         }
         if lines.is_empty() {
-            return Err(last_err.unwrap_or_else(|| Outcome::NoAnswer("nowhere to ask".into())));
+            return Err(
+                last_err.unwrap_or_else(|| Box::new(Outcome::NoAnswer("nowhere to ask".into())))
+            );
         }
         let now = Instant::now();
         let mut s = Session {
@@ -304,13 +307,15 @@ fn seen<'a>(
 }
 
 impl Line {
-    #[allow(clippy::result_large_err)]
-    fn open(place: &Place, commands: &[ControlCommand]) -> Result<Line, Outcome> {
+    fn open(place: &Place, commands: &[ControlCommand]) -> Result<Line, Box<Outcome>> {
         let opened = place
             .open()
-            .map_err(|e| Outcome::NoAnswer(format!("{}: {e}", place.shown())))?;
+            .map_err(|e| Box::new(Outcome::NoAnswer(format!("{}: {e}", place.shown()))))?;
         let sock = datagram::reply_socket().map_err(|e| {
-            Outcome::Failed(format!("cannot bind a reply address: {}", os_phrase(&e)))
+            Box::new(Outcome::Failed(format!(
+                "cannot bind a reply address: {}",
+                os_phrase(&e)
+            )))
         })?;
         Ok(Line {
             place: place.clone(),
