@@ -110,8 +110,24 @@ fn a_repeated_sigterm_says_how_long_until_sigkill_and_the_hold_names_its_file() 
     let run = Run::builder(t.path(), "job").spawn(&rec.command);
     run.wait_state("stopped");
     let want = format!(
-        "container-run: STOP marker {} found: staying stopped until `container-run ctl start job`",
+        "container-run: STOP marker {} found: staying stopped until `",
         run.files.stopped.display()
     );
-    wait_until("hold logged", || run.errors().contains(&want));
+    let line = wait_for("hold logged", || {
+        run.errors()
+            .lines()
+            .find(|l| l.starts_with(&want))
+            .map(str::to_string)
+    });
+    // The command it names lifts the hold as written, from anywhere.
+    let hint = line[want.len()..].trim_end_matches('`');
+    assert!(hint.contains(" ctl start job --base-dir "), "{line}");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(hint)
+        .current_dir("/")
+        .env_remove("CONTAINER_RUN_BASE_DIR");
+    let (code, _, err) = output_with_deadline(cmd);
+    assert_eq!(code, 0, "{hint}: {err}");
+    run.wait_state("running");
 }

@@ -37,20 +37,24 @@ pub fn become_reaper() -> Result<(), Fatal> {
     Ok(())
 }
 
-/// Whether an operator's STOP holds the job stopped; said once at start-up.
+/// Whether an operator's STOP holds the job stopped; said once at start-up,
+/// with the command that lifts it as an operator can paste it: this very
+/// binary (in a pod, the installed one on the shared volume) and BASE.
 pub fn hold_found(base: &Base, cfg: &RunConfig) -> bool {
     let paths = &cfg.paths;
     let hold = state_files::hold_in_force(base, paths);
     if hold {
-        let process = if paths.process == paths.job {
-            String::new()
+        let exe = std::env::current_exe()
+            .map_or_else(|_| "container-run".to_string(), |p| p.display().to_string());
+        let target = if paths.process == paths.job {
+            paths.job.clone()
         } else {
-            format!(" -p {}", paths.process)
+            format!("{}/{}", paths.job, paths.process)
         };
         log::info!(
-            "STOP marker {} found: staying stopped until `container-run ctl start {}{process}`",
+            "STOP marker {} found: staying stopped until `{exe} ctl start {target} --base-dir {}`",
             paths.stopped.display(),
-            paths.job,
+            paths.base.display(),
         );
     }
     hold
