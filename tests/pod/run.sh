@@ -307,11 +307,13 @@ scenario_page() {
         is_state $rr $CR route_registrar running false || fail "$page:$no: route_registrar stopped"
         is_state $nats $CR nats running false || fail "$page:$no: nats stopped" ;;
       rm\ *)
-        # Without the marker, the next start of the container runs the job.
-        [ ! -e "$data/nats/nats_containerrun.stopped" ] || fail "$page:$no: marker left"
+        # container-run writes the marker again, so the hold outlives both
+        # the rm and a container restart (SPEC section 2).
+        wait_until "the marker written again" 10 test -e "$data/nats/nats_containerrun.stopped"
+        is_state $nats $CR nats stopped true || fail "$page:$no: the rm lifted the hold"
         expect 0 podman restart $nats
-        wait_until "nats running after the marker's removal and a restart" 30 \
-          is_state $nats $CR nats running false ;;
+        wait_until "nats held after the rm and a restart" 30 \
+          is_state $nats $CR nats stopped true ;;
     esac
   done 3< <(awk '/^```/ { sh = ($0 == "```sh"); next } sh && NF && $1 !~ /^#/ { print NR "\t" $0 }' "$page")
   [ $n -ge 15 ] || fail "only $n shell commands found in $page"
@@ -421,9 +423,8 @@ EOF
   [ "$(cr ctl status --socket "$rsock" --json | jq -r .drain)" = running ] ||
     fail "rep: $(cr ctl status --socket "$rsock" --json)"
   # Readiness during the drain: the job still serves.
-  mkdir -p "$T/diego-base"
-  ln -s "$data" "$T/diego-base/data"
-  CONTAINER_RUN_BASE_DIR=$T/diego-base expect 0 cr bpm running rep
+  # As an operator runs it, in the container (its mounts, the default BASE).
+  expect 0 nsenter -t "$netns_pid" -n -m "$BAKED" bpm running rep
   note "rep drains; garden holds its job at the barrier"
   touch "$data/diego/release"
   # Until rep's drain (its 2 s wait included) is done, garden's job must
