@@ -6,6 +6,7 @@
 
 pub mod bpm;
 pub mod ctl;
+mod line;
 pub mod monit;
 pub mod probe;
 pub mod reach;

@@ -10,16 +10,13 @@
 //! of failing at once. Sessions are opened a bounded number at a time, so
 //! that places that never answer cost time, never fds.
 
-use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::net::UnixDatagram;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{MsgFlags, sendto};
 
-use super::reach::{Opened, Place, Reach};
+use super::line::{Line, send_error};
+use super::reach::Reach;
 use super::{Goal, Outcome, Seen, Target};
 use crate::datagram::{self, Cred, Trust};
 use crate::error::os_phrase;
@@ -49,16 +46,6 @@ pub struct Drive<'a> {
     pub trust: Trust,
     /// Readable when the wait is to end now (a signalfd for SIGINT).
     pub interrupt: Option<std::os::fd::BorrowedFd<'a>>,
-}
-
-/// One place of a session: where it sends from and what still waits to go.
-struct Line {
-    place: Place,
-    opened: Opened,
-    sock: UnixDatagram,
-    pending: VecDeque<ControlCommand>,
-    /// Since when its queue has been full.
-    full_since: Option<Instant>,
 }
 
 struct Session {
@@ -306,52 +293,6 @@ fn seen<'a>(
         .collect()
 }
 
-impl Line {
-    fn open(place: &Place, commands: &[ControlCommand]) -> Result<Line, Box<Outcome>> {
-        let opened = place
-            .open()
-            .map_err(|e| Box::new(Outcome::NoAnswer(format!("{}: {e}", place.shown()))))?;
-        let sock = datagram::reply_socket().map_err(|e| {
-            Box::new(Outcome::Failed(format!(
-                "cannot bind a reply address: {}",
-                os_phrase(&e)
-            )))
-        })?;
-        Ok(Line {
-            place: place.clone(),
-            opened,
-            sock,
-            pending: commands.iter().copied().collect(),
-            full_since: None,
-        })
-    }
-
-    /// Send what waits, in order, until the queue is full. `Err` when the
-    /// place cannot be sent to at all.
-    fn flush(&mut self, now: Instant) -> Result<(), Errno> {
-        while let Some(cmd) = self.pending.front() {
-            match sendto(
-                self.sock.as_raw_fd(),
-                cmd.as_str().as_bytes(),
-                &self.opened.addr,
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-            ) {
-                Ok(_) => {
-                    self.pending.pop_front();
-                    self.full_since = None;
-                }
-                Err(Errno::EAGAIN) => {
-                    self.full_since.get_or_insert(now);
-                    return Ok(());
-                }
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
 impl Session {
     /// Send what waits on every line; a line that cannot be sent to is
     /// dropped, and with none left the session has its outcome.
@@ -550,23 +491,5 @@ fn went_away(last: Option<&Status>) -> Outcome {
             "container-run went away from its socket after answering (last seen {})",
             s.state.as_str()
         )),
-    }
-}
-
-/// Why a place cannot be sent to.
-fn send_error(place: &Place, e: Errno, by_socket: bool) -> Outcome {
-    let shown = place.shown();
-    match e {
-        Errno::ECONNREFUSED | Errno::ENOENT => Outcome::NoAnswer(if by_socket {
-            "nothing listens: a stale socket file, container-run is not running".into()
-        } else {
-            format!("nothing listens on {shown}: container-run is not running")
-        }),
-        Errno::EACCES | Errno::EPERM => Outcome::Failed(if by_socket {
-            "permission denied: run as the socket's owner or group".into()
-        } else {
-            format!("permission denied on {shown}: run as the socket's owner or group")
-        }),
-        e => Outcome::Failed(format!("cannot send to {shown}: {}", os_phrase(&e.into()))),
     }
 }
