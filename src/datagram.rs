@@ -175,19 +175,25 @@ fn address(addr: &libc::sockaddr_un, namelen: usize) -> Address {
     }
 }
 
+/// A fresh datagram socket, non-blocking, closed on exec, bound to nothing.
+pub fn unbound_socket() -> nix::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+}
+
 /// A socket to ask from and read answers on: bound to an abstract address
 /// the kernel picks (nothing to clean up, nothing in a directory that others
 /// control, no collision between containers of one pod, which share
 /// abstract names but not pids), non-blocking, with every sender's
 /// credentials.
 pub fn reply_socket() -> io::Result<std::os::unix::net::UnixDatagram> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
+    use nix::sys::socket::{UnixAddr, bind};
+    let fd = unbound_socket()?;
     pass_credentials(&fd)?;
     bind(fd.as_raw_fd(), &UnixAddr::new_unnamed())?;
     Ok(fd.into())

@@ -193,7 +193,7 @@ pub struct RunArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BaseDir {
     /// Root of container-run's files: sockets, sentinels, pidfiles, STOP
-    /// markers.
+    /// markers, and the job logs under sys/log.
     #[arg(
         long = "base-dir",
         value_name = "DIR",

@@ -130,15 +130,18 @@ fn exit_for(target: &Target, outcome: Outcome) -> u8 {
             ));
             exit::FAILURE
         }
-        other => {
-            report(format!(
-                "{}: {}",
-                target.label,
-                super::outcome_words(&other)
-            ));
-            exit::FAILURE
-        }
+        other => failed(target, &other),
     }
+}
+
+/// Say why `target` failed; exit 1.
+fn failed(target: &Target, outcome: &Outcome) -> u8 {
+    report(format!(
+        "{}: {}",
+        target.label,
+        super::outcome_words(outcome)
+    ));
+    exit::FAILURE
 }
 
 /// `bpm` when invoked as bpm, `container-run bpm` otherwise: what usage
@@ -160,14 +163,7 @@ fn print_pid(target: &Target, trust: Trust) -> u8 {
             println!("Process is not running");
             exit::FAILURE
         }
-        other => {
-            report(format!(
-                "{}: {}",
-                target.label,
-                super::outcome_words(&other)
-            ));
-            exit::FAILURE
-        }
+        other => failed(target, &other),
     }
 }
 
@@ -177,11 +173,7 @@ fn print_running(target: &Target, trust: Trust) -> u8 {
     let running = match query(target, trust) {
         Outcome::Done(s) => s.state.is_up(),
         other => {
-            report(format!(
-                "{}: {}",
-                target.label,
-                super::outcome_words(&other)
-            ));
+            failed(target, &other);
             false
         }
     };

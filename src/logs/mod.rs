@@ -54,14 +54,8 @@ const FINAL_READS: usize = 16 * 1024;
     about = "Stream every job's log files (BASE/sys/log/**/*.log, two levels down) to stdout as PATH: LINE, and rotate them in place without losing a line"
 )]
 pub struct LogsArgs {
-    /// Root of container-run's files; the logs are those under BASE/sys/log.
-    #[arg(
-        long = "base-dir",
-        value_name = "DIR",
-        env = "CONTAINER_RUN_BASE_DIR",
-        default_value = "/var/vcap"
-    )]
-    pub base_dir: PathBuf,
+    #[command(flatten)]
+    pub base: crate::cli::BaseDir,
 
     /// Rotate a file once it passes this size: bytes, or with k, M or G
     /// (KiB, MiB, GiB); at least 4k.
@@ -99,7 +93,7 @@ pub struct LogsArgs {
 
 pub fn main(args: Vec<OsString>) -> Result<u8, Fatal> {
     let args: LogsArgs = crate::cli::parse(args, &crate::cli::mode_bin_name("logs"))?;
-    let base = crate::cli::absolute(&args.base_dir)?;
+    let base = crate::cli::absolute(&args.base.base_dir)?;
     crate::logger::init(args.debug);
     let opts = Options {
         root: PathBuf::from("sys/log"),

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, socket};
+use nix::sys::socket::{UnixAddr, bind};
 
 use crate::datagram::{self, Cred, Peer};
 use crate::error::Fatal;
@@ -123,16 +123,10 @@ fn prepare(sock: &UnixDatagram) -> std::io::Result<()> {
 }
 
 fn bind_abstract(name: &[u8]) -> std::io::Result<UnixDatagram> {
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = datagram::unbound_socket()?;
     bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name)?)?;
-    let sock = UnixDatagram::from(fd);
-    prepare(&sock)?;
-    Ok(sock)
+    datagram::pass_credentials(&fd)?;
+    Ok(UnixDatagram::from(fd))
 }
 
 impl ControlSocket {

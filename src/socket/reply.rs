@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 
 use nix::errno::Errno;
-use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, sendto, socket};
+use nix::sys::socket::{MsgFlags, UnixAddr, sendto};
 
 use super::Identity;
 use crate::datagram::{Address, Cred, Peer};
@@ -163,12 +163,7 @@ impl Replies {
 /// A reply from a socket of its own: its unread bytes are charged to that
 /// socket alone, and the kernel bounds how many a peer can leave unread.
 fn send_from_fresh_socket(addr: &UnixAddr, bytes: &[u8]) -> Result<(), Errno> {
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    )?;
+    let fd = crate::datagram::unbound_socket()?;
     sendto(
         fd.as_raw_fd(),
         bytes,
