@@ -146,21 +146,6 @@ fn install_commands_are_found() {
     assert_eq!(install_commands(md), [["/c", "install", "/d"]]);
 }
 
-/// The ```sh blocks of a page, each as its lines.
-fn sh_blocks(markdown: &str) -> Vec<Vec<String>> {
-    let mut blocks = Vec::new();
-    let mut current: Option<Vec<String>> = None;
-    for line in markdown.lines() {
-        match (&mut current, line.trim()) {
-            (None, "```sh") => current = Some(Vec::new()),
-            (Some(_), "```") => blocks.push(current.take().unwrap()),
-            (Some(block), l) if !l.is_empty() && !l.starts_with('#') => block.push(l.to_string()),
-            _ => {}
-        }
-    }
-    blocks
-}
-
 fn page(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(name)).unwrap()
 }
@@ -171,14 +156,14 @@ fn page(name: &str) -> String {
 #[test]
 fn the_seeds_use_case_is_two_commands_everywhere_and_they_work() {
     for name in ["README.md", "docs/kubernetes.md", "docs/migrating.md"] {
-        let blocks = sh_blocks(&page(name));
+        let blocks = sh_blocks(&page(name), false);
         let seed = blocks.iter().find(|b| {
             b.iter().any(|l| l.contains("ctl stop --all --except "))
                 && b.iter().any(|l| l.contains("ctl start --all"))
         });
         assert!(seed.is_some_and(|b| b.len() == 2), "{name}: {blocks:?}");
     }
-    let blocks = sh_blocks(&page("README.md"));
+    let blocks = sh_blocks(&page("README.md"), false);
     let seed = blocks
         .iter()
         .find(|b| b.iter().any(|l| l.contains("--except")))
@@ -189,14 +174,7 @@ fn the_seeds_use_case_is_two_commands_everywhere_and_they_work() {
     let api = Run::builder(&base, "api").spawn([child()]);
     let db_pid = db.wait_running();
     api.wait_running();
-    let tools = t.file("bin");
-    std::fs::create_dir(&tools).unwrap();
-    std::os::unix::fs::symlink(bin(), tools.join("container-run")).unwrap();
-    let path = format!(
-        "{}:{}",
-        tools.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_container_run(&t);
     for (i, line) in seed.iter().enumerate() {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")

@@ -34,9 +34,7 @@ fn rep_draining(t: &TempDir, script: &Path, extra: &[&str]) -> (Recorder, Run) {
         .arg("--drain-name")
         .arg(script)
         .args(extra)
-        .spawn(&rec.command);
-    run.wait_running();
-    rec.wait_ready();
+        .spawn_ready(&rec);
     (rec, run)
 }
 
@@ -45,19 +43,6 @@ fn calls(path: &Path) -> Vec<Vec<String>> {
         .iter()
         .map(|l| l.split(' ').map(str::to_string).collect())
         .collect()
-}
-
-/// A job that writes the realtime clock (ns) to `file` when SIGTERM comes.
-fn stamping_job(file: &Path, ready: &Path) -> Vec<String> {
-    vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        format!(
-            "trap 'date +%s%N > {f}; exit 0' TERM; echo $$ > {r}; while :; do sleep 0.05; done",
-            f = file.display(),
-            r = ready.display()
-        ),
-    ]
 }
 
 fn ns(text: &str) -> u128 {
@@ -171,12 +156,7 @@ fn a_failed_drain_never_blocks_the_stop() {
     }
     // A missing script is skipped with a log line.
     let t = TempDir::new();
-    let rec = Recorder::new(&t, &[]);
-    let mut run = Run::builder(t.path(), "rep")
-        .args(["--drain-name", "/nonexistent/drain"])
-        .spawn(&rec.command);
-    run.wait_running();
-    rec.wait_ready();
+    let (_rec, mut run) = rep_draining(&t, Path::new("/nonexistent/drain"), &[]);
     run.signal(libc::SIGTERM);
     assert_eq!(run.wait_exit(), 0);
     assert!(
@@ -453,16 +433,6 @@ fn a_single_container_restart_does_not_wait_for_a_peer_that_runs_on() {
         (s["state"].as_str(), s["drain"].as_str()),
         (Some("running"), Some("ready"))
     );
-}
-
-/// A helper process of the test, killed (by pid) and reaped when dropped.
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -12,15 +12,13 @@ mod common;
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::os::unix::net::UnixDatagram;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use common::attack::{self, NOBODY, Victims, attacker_dir, job_user_dirs, then_setpriv};
 use common::*;
-
-const NOBODY: u32 = 65534;
 
 /// Root is needed to act as another user and to create namespaces; under
 /// CI a test that cannot do its real check fails.
@@ -37,95 +35,12 @@ fn require_root() -> bool {
     false
 }
 
-fn chown(path: &Path, uid: u32) {
-    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
-}
-
-/// Root-owned files outside BASE, in a root-only directory, that the
-/// attacker points its links at.
-struct Victims {
-    dir: PathBuf,
-    files: Vec<(PathBuf, Vec<u8>)>,
-}
-
-impl Victims {
-    fn new(t: &TempDir, names: &[&str]) -> Victims {
-        let dir = t.file("victims");
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let files = names
-            .iter()
-            .map(|n| {
-                let p = dir.join(n);
-                let content = format!("root's secret {n}\n").into_bytes();
-                std::fs::write(&p, &content).unwrap();
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-                (p, content)
-            })
-            .collect();
-        Victims { dir, files }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-
-    /// Content, mode and owner as created, and nothing added beside them.
-    fn assert_untouched(&self) {
-        for (p, content) in &self.files {
-            let m = std::fs::symlink_metadata(p).unwrap();
-            assert!(m.is_file(), "{} is no longer a regular file", p.display());
-            assert_eq!(
-                (m.mode() & 0o7777, m.uid(), m.gid()),
-                (0o600, 0, 0),
-                "{} mode or owner changed",
-                p.display()
-            );
-            assert_eq!(
-                &std::fs::read(p).unwrap(),
-                content,
-                "{} changed",
-                p.display()
-            );
-        }
-        let mut names: Vec<_> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
-        let mut want: Vec<_> = self
-            .files
-            .iter()
-            .map(|(p, _)| p.file_name().unwrap().to_os_string())
-            .collect();
-        want.sort();
-        assert_eq!(names, want, "files created in {}", self.dir.display());
-        let m = std::fs::metadata(&self.dir).unwrap();
-        assert_eq!((m.mode() & 0o7777, m.uid()), (0o700, 0));
-    }
-}
-
 /// BASE as a BOSH job's pre-start leaves it: the job's directories belong
 /// to the job's user; `more` lists further directories it owns.
 fn job_owned_base(t: &TempDir, more: &[&str]) -> PathBuf {
-    let base = t.file("base");
-    for d in ["data/job", "sys/run/bpm/job"].iter().chain(more) {
-        std::fs::create_dir_all(base.join(d)).unwrap();
-    }
-    chown(&base.join("data/job"), NOBODY);
-    chown(&base.join("sys/run/bpm/job"), NOBODY);
-    for d in more {
-        chown(&base.join(d), NOBODY);
-    }
+    let base = attack::job_owned_base(t, &["job"]);
+    job_user_dirs(&base, more);
     base
-}
-
-/// A directory of the attacker's own, outside BASE.
-fn attacker_dir(t: &TempDir) -> PathBuf {
-    let d = t.file("attacker");
-    std::fs::create_dir(&d).unwrap();
-    chown(&d, NOBODY);
-    d
 }
 
 /// container-run as PID 1 of a new PID and mount namespace. Dropping it
@@ -171,27 +86,17 @@ impl Ns {
 
     /// container-run's pid as seen from here.
     fn pid(&self) -> i32 {
-        let outer = self.unshare.id() as i32;
-        wait_for("container-run inside the namespace", || {
-            descendants(outer)
-                .into_iter()
-                .find(|&p| ppid(p) == Some(outer))
-        })
+        wait_child_of(
+            self.unshare.id() as i32,
+            "container-run inside the namespace",
+        )
     }
 
     fn attacker_command(&self, script: &str) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--target={}", self.pid()))
-            .args(["--pid", "--mount", "--"])
-            .args([
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "sh",
-                "-ec",
-                script,
-            ]);
+            .args(["--pid", "--mount", "--"]);
+        then_setpriv(&mut cmd, NOBODY).args(["sh", "-ec", script]);
         cmd
     }
 
@@ -482,9 +387,7 @@ fn a_reply_path_swapped_for_a_link_reaches_nothing_its_sender_could_not() {
     let base = job_owned_base(&t, &[]);
     let atk = attacker_dir(&t);
     let v = Victims::new(&t, &[]);
-    let victim_sock = v.dir.join("root-only.sock");
-    let victim = UnixDatagram::bind(&victim_sock).unwrap();
-    victim.set_nonblocking(true).unwrap();
+    let (victim_sock, victim) = v.socket("root-only.sock");
     let rec = Recorder::new(&t, &["--ignore-term"]);
     let ns = Ns::start(
         &base,
@@ -639,17 +542,11 @@ fn socket_group_minus_one_is_refused_and_files_ignore_the_umask() {
     assert!(!base.exists());
 
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "umask 000; exec \"$@\"", "sh"])
-        .arg(bin())
-        .arg("--base-dir")
-        .arg(&base)
-        .args(["--job-name", "job", "--"])
-        .arg(child())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    cmd.args(["-c", "umask 000; exec \"$@\"", "sh"]);
+    wrapped_run(&mut cmd, &base)
         .stderr(Stdio::null())
         .env_remove("CONTAINER_RUN_BASE_DIR");
-    let _cr = Guard(cmd.spawn().unwrap());
+    let _cr = KilledOnDrop(cmd.spawn().unwrap());
     let run = Files::new(&base, "job", "job");
     wait_until("job running", || {
         run.pidfile.exists() && run.running.exists()
@@ -663,24 +560,6 @@ fn socket_group_minus_one_is_refused_and_files_ignore_the_umask() {
         let m = std::fs::metadata(f).unwrap();
         assert_eq!(m.mode() & 0o777, 0o644, "{}", f.display());
     }
-}
-
-/// A container-run started directly; SIGKILLed (by pid) and reaped on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        kill(self.0.id() as i32, libc::SIGKILL);
-        let _ = self.0.wait();
-    }
-}
-
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds that nothing else owns.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh fds from pipe2.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 /// Whether a pipe is full: a one-byte write through a non-blocking open
@@ -716,23 +595,21 @@ fn a_stalled_stderr_reader_does_not_freeze_the_loop() {
         .open(format!("/proc/self/fd/{}", write.as_raw_fd()))
         .unwrap();
     let mut cmd = Command::new(bin());
-    cmd.arg("--base-dir")
-        .arg(t.path())
-        .args(["--job-name", "job", "--debug", "--stop-timeout", "1s", "--"])
-        .args([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "sh",
-            "-c",
-            "trap '' TERM; head -c 10000000 /dev/zero >&2",
-        ])
+    cmd.arg("--base-dir").arg(t.path()).args([
+        "--job-name",
+        "job",
+        "--debug",
+        "--stop-timeout",
+        "1s",
+        "--",
+    ]);
+    then_setpriv(&mut cmd, NOBODY)
+        .args(["sh", "-c", "trap '' TERM; head -c 10000000 /dev/zero >&2"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(write))
         .env_remove("CONTAINER_RUN_BASE_DIR");
-    let cr = Guard(cmd.spawn().unwrap());
+    let cr = KilledOnDrop(cmd.spawn().unwrap());
     let cr_pid = cr.0.id() as i32;
     let files = Files::new(t.path(), "job", "job");
     wait_until("the job filled the pipe", || {

@@ -11,7 +11,7 @@ pub(crate) mod common;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use common::*;
 
@@ -35,17 +35,7 @@ impl Logs {
         let t = std::env::temp_dir();
         let tag = format!("crt-joblogs-{}-{}", std::process::id(), next());
         let (out, err) = (t.join(format!("{tag}.out")), t.join(format!("{tag}.err")));
-        let child = Command::new(bin())
-            .arg("logs")
-            .arg("--base-dir")
-            .arg(base)
-            .args(args)
-            .env_remove("CONTAINER_RUN_BASE_DIR")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
+        let child = spawn_to_files(&mut mode_command("logs", base, args), &out, &err);
         Logs {
             child,
             out,

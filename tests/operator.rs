@@ -9,14 +9,12 @@ mod common;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use common::*;
 
 fn ctl(base: &Path, args: &[&str]) -> (i32, String, String) {
-    let mut all: Vec<&OsStr> = vec![os("ctl"), os("--base-dir"), base.as_os_str()];
-    all.extend(args.iter().map(|a| os(a)));
-    run_to_end(&all)
+    output_with_deadline(mode_command("ctl", base, args))
 }
 
 /// A client mode running in the background, output in files; killed by
@@ -31,17 +29,7 @@ impl Background {
     fn ctl(t: &TempDir, args: &[&str]) -> Background {
         let out = t.file(&format!("out-{}", args.join("-").replace('/', "_")));
         let err = out.with_extension("err");
-        let child = Command::new(bin())
-            .arg("ctl")
-            .arg("--base-dir")
-            .arg(t.path())
-            .args(args)
-            .env_remove("CONTAINER_RUN_BASE_DIR")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
+        let child = spawn_to_files(&mut mode_command("ctl", t.path(), args), &out, &err);
         Background { child, out, err }
     }
 

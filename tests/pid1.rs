@@ -27,12 +27,10 @@ impl Namespaced {
 
     /// container-run's pid as seen from here.
     fn supervisor_pid(&self) -> i32 {
-        let outer = self.unshare.id() as i32;
-        wait_for("container-run inside the namespace", || {
-            descendants(outer)
-                .into_iter()
-                .find(|&p| ppid(p) == Some(outer))
-        })
+        wait_child_of(
+            self.unshare.id() as i32,
+            "container-run inside the namespace",
+        )
     }
 
     fn wait_exit(&mut self) -> i32 {

@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use common::*;
 
@@ -20,14 +20,8 @@ struct Watched {
 impl Watched {
     fn spawn(t: &TempDir, mut cmd: Command) -> Watched {
         let out = t.file("shown");
-        let err = t.file("stderr");
-        let child = cmd
-            .env_remove("CONTAINER_RUN_BASE_DIR")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
+        cmd.env_remove("CONTAINER_RUN_BASE_DIR");
+        let child = spawn_to_files(&mut cmd, &out, &t.file("stderr"));
         Watched { child, out }
     }
 
@@ -68,6 +62,17 @@ fn on_a_terminal(args: &[&str]) -> Command {
     cmd
 }
 
+/// `ctl stop job` on a terminal, once it shows the stop under way.
+fn stop_on_a_terminal(t: &TempDir) -> Watched {
+    let base = t.path().to_str().unwrap();
+    let ctl = Watched::spawn(
+        t,
+        on_a_terminal(&["ctl", "stop", "job", "--base-dir", base]),
+    );
+    ctl.wait_shown("\rjob/job: stopping, ");
+    ctl
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -76,12 +81,7 @@ fn shell_quote(s: &str) -> String {
 fn stop_shows_the_state_and_the_wait_on_a_terminal_then_the_result_alone() {
     let t = TempDir::new();
     let (run, pid) = Run::stubborn(&t, "1h");
-    let base = t.path().to_str().unwrap();
-    let ctl = Watched::spawn(
-        &t,
-        on_a_terminal(&["ctl", "stop", "job", "--base-dir", base]),
-    );
-    ctl.wait_shown("\rjob/job: stopping, ");
+    let ctl = stop_on_a_terminal(&t);
     // container-run says when its SIGKILL is due (a 1 h stop timeout).
     assert!(
         ctl.shown().contains(" s (SIGKILL in 3"),
@@ -160,12 +160,7 @@ fn a_container_run_that_goes_away_after_answering_is_a_failure_not_no_answer() {
     let t = TempDir::new();
     let (mut run, pid) = Run::stubborn(&t, "1h");
     run.track(pid);
-    let base = t.path().to_str().unwrap();
-    let ctl = Watched::spawn(
-        &t,
-        on_a_terminal(&["ctl", "stop", "job", "--base-dir", base]),
-    );
-    ctl.wait_shown("\rjob/job: stopping, ");
+    let ctl = stop_on_a_terminal(&t);
     run.signal(libc::SIGKILL);
     let (code, shown) = ctl.finish();
     assert_eq!(code, 1, "{shown:?}");
@@ -186,12 +181,7 @@ fn a_container_run_that_goes_away_after_answering_is_a_failure_not_no_answer() {
 fn ctrl_c_on_a_terminal_finishes_the_line_and_says_the_stop_goes_on() {
     let t = TempDir::new();
     let (run, pid) = Run::stubborn(&t, "1h");
-    let base = t.path().to_str().unwrap();
-    let ctl = Watched::spawn(
-        &t,
-        on_a_terminal(&["ctl", "stop", "job", "--base-dir", base]),
-    );
-    ctl.wait_shown("\rjob/job: stopping, ");
+    let ctl = stop_on_a_terminal(&t);
     // ctl itself, under script's pseudo-terminal: the descendant that runs
     // this binary with `ctl stop`.
     let ctl_pid = wait_for("ctl under script", || {

@@ -12,22 +12,6 @@ use common::*;
 
 const DEMO_BASE: &str = "/tmp/container-run-demo";
 
-/// The ```sh blocks of the README, each as its lines (comments kept: they
-/// are shell comments).
-fn sh_blocks(markdown: &str) -> Vec<Vec<String>> {
-    let mut blocks = Vec::new();
-    let mut current: Option<Vec<String>> = None;
-    for line in markdown.lines() {
-        match (&mut current, line.trim()) {
-            (None, "```sh") => current = Some(Vec::new()),
-            (Some(_), "```") => blocks.push(current.take().unwrap()),
-            (Some(block), l) if !l.is_empty() => block.push(l.to_string()),
-            _ => {}
-        }
-    }
-    blocks
-}
-
 /// The demo job, killed by pid if the test ends first.
 struct Demo(std::process::Child);
 
@@ -60,7 +44,8 @@ impl Drop for Demo {
 fn the_quick_start_runs_as_written_and_leaves_no_hold() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let blocks = sh_blocks(&readme);
+    // Comments kept: they are shell comments.
+    let blocks = sh_blocks(&readme, true);
     let demo = blocks[0][0]
         .strip_prefix("cargo run --release -- ")
         .expect("the README starts with the demo command");
@@ -72,14 +57,7 @@ fn the_quick_start_runs_as_written_and_leaves_no_hold() {
 
     let t = TempDir::new();
     let base = t.file("demo");
-    let tools = t.file("bin");
-    std::fs::create_dir(&tools).unwrap();
-    std::os::unix::fs::symlink(bin(), tools.join("container-run")).unwrap();
-    let path = format!(
-        "{}:{}",
-        tools.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = path_with_container_run(&t);
     let local = |line: &str| line.replace(DEMO_BASE, &base.display().to_string());
 
     // The demo's arguments, through the shell that would parse them.

@@ -8,60 +8,14 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::Command;
 
+use common::attack::{
+    Attacker, NOBODY, abstract_names_of, args, assert_no_control, attack_setup, client,
+    fake_answer, grouped_run, python_to_end, received, setpriv,
+};
 use common::*;
-
-const NOBODY: u32 = 65534;
-const PYTHON: &str = "/usr/bin/python3";
-
-fn chown(path: &Path, uid: u32) {
-    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
-}
-
-/// BASE as BOSH leaves it: every job's data and pid directories belong to
-/// the job's user.
-fn job_owned_base(t: &TempDir, jobs: &[&str]) -> PathBuf {
-    let base = t.file("base");
-    for job in jobs {
-        for dir in [format!("data/{job}"), format!("sys/run/bpm/{job}")] {
-            let p = base.join(dir);
-            std::fs::create_dir_all(&p).unwrap();
-            chown(&p, NOBODY);
-        }
-    }
-    base
-}
-
-/// A directory of the job user's own outside BASE.
-fn attacker_dir(t: &TempDir) -> PathBuf {
-    let d = t.file("attacker");
-    std::fs::create_dir(&d).unwrap();
-    chown(&d, NOBODY);
-    d
-}
-
-fn setpriv() -> Command {
-    let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups");
-    cmd
-}
-
-/// `container-run MODE --base-dir BASE ARGS...` as root, to its end.
-fn client(base: &Path, mode: &str, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(bin());
-    cmd.arg(mode)
-        .arg("--base-dir")
-        .arg(base)
-        .args(args)
-        .env_remove("CONTAINER_RUN_BASE_DIR")
-        .env_remove("CONTAINER_RUN_TRUST_UID");
-    output_with_deadline(cmd)
-}
 
 /// Run `cmd` on one CPU only (the first this test may use): processes
 /// that share a CPU take turns by the scheduler's time slice, not by who
@@ -87,87 +41,6 @@ fn on_one_cpu(cmd: &mut Command) {
     }
 }
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A python3 process of the job's user; killed by pid and reaped when
-/// dropped.
-struct Attacker {
-    child: Child,
-    err: PathBuf,
-}
-
-impl Attacker {
-    /// `python3 -c SCRIPT READY ARGS...` as uid 65534, on the CPU of
-    /// `on_one_cpu` when `pinned`; returns once the script has created
-    /// READY.
-    fn python(dir: &Path, script: &str, args: &[&OsStr], pinned: bool) -> Attacker {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let ready = dir.join(format!("ready{n}"));
-        let err = dir.join(format!("err{n}"));
-        let mut cmd = setpriv();
-        if pinned {
-            on_one_cpu(&mut cmd);
-        }
-        cmd.args([PYTHON, "-c", script])
-            .arg(&ready)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err).unwrap());
-        let mut a = Attacker {
-            child: cmd.spawn().unwrap(),
-            err,
-        };
-        wait_until("the attacker is set up", || {
-            if let Some(status) = a.child.try_wait().unwrap() {
-                panic!(
-                    "the attacker ended early ({status}): {}",
-                    std::fs::read_to_string(&a.err).unwrap_or_default()
-                );
-            }
-            ready.exists()
-        });
-        a
-    }
-}
-
-impl Drop for Attacker {
-    fn drop(&mut self) {
-        kill(self.child.id() as i32, libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-/// Socket inodes of process `pid`.
-fn socket_inodes(pid: i32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
-                    Some(l.to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Abstract names bound by process `pid`'s sockets, from `/proc/net/unix`
-/// (what anyone in the pod can read), without their `@`.
-fn abstract_names_of(pid: i32) -> Vec<String> {
-    let inodes = socket_inodes(pid);
-    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
-    table
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let name = f.get(7)?.strip_prefix('@')?;
-            inodes.iter().any(|i| i == f[6]).then(|| name.to_string())
-        })
-        .collect()
-}
-
 /// The kernel-chosen (autobind) names among them: five hex digits. In
 /// container-run those are the barrier's question sockets.
 fn autobound_of(pid: i32) -> Vec<String> {
@@ -175,15 +48,6 @@ fn autobound_of(pid: i32) -> Vec<String> {
         .into_iter()
         .filter(|n| n.len() == 5 && n.bytes().all(|b| b.is_ascii_hexdigit()))
         .collect()
-}
-
-/// Text a person reads carries no raw control character but newlines.
-fn assert_no_control(what: &str, text: &str) {
-    let bad: Vec<char> = text
-        .chars()
-        .filter(|&c| c.is_control() && c != '\n')
-        .collect();
-    assert!(bad.is_empty(), "{what} carries raw {bad:?}: {text:?}");
 }
 
 /// Sends LINE to the abstract name written in NAME_FILE from SOCKETS
@@ -218,15 +82,23 @@ while time.time() < end:
             break
 "#;
 
-/// A reply line as container-run writes it, with `job` and `process`
-/// chosen by the sender.
+/// A reply line as container-run writes it while it drains, with `job`
+/// and `process` chosen by the sender.
 fn status_line(job: &str, process: &str) -> String {
-    let line = serde_json::json!({
-        "state": "running", "pid": 1, "job": job, "process": process, "starts": 1,
-        "hold": false, "pending_start": false, "exiting": false, "post_start": "none",
-        "uptime_ms": 1000, "last_exit": null, "drain": "running", "age_ms": 1000,
-    });
-    format!("{line}\n")
+    fake_answer(job, process, "running", false, "running")
+}
+
+/// Starts `a` (a builder for job `a`) and job `b`'s container-run under
+/// `base`; once both jobs run, stops `b` with SIGSTOP (it cannot answer)
+/// and sends `a` SIGTERM: `a`'s barrier asks `b`, round after round.
+fn asking_a_silent_peer(a: Builder, base: &Path) -> (Run, Run) {
+    let a = a.spawn([child()]);
+    let b = Run::builder(base, "b").spawn([child()]);
+    a.wait_running();
+    b.wait_running();
+    b.signal(libc::SIGSTOP);
+    a.signal(libc::SIGTERM);
+    (a, b)
 }
 
 /// peers.rs `read_answers` reads the barrier's question socket until it is
@@ -241,20 +113,12 @@ fn status_line(job: &str, process: &str) -> String {
 /// for an answer, and the attacker floods the round's socket meanwhile.
 #[test]
 fn a_flood_of_answers_at_the_barrier_cannot_hold_container_run_past_its_deadline() {
-    if !require_root("to flood as another user") {
+    let Some((_t, base, atk)) = attack_setup("to flood as another user", &["a", "b"]) else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["a", "b"]);
-    let atk = attacker_dir(&t);
+    };
     let mut builder = Run::builder(&base, "a").args(["--drain-timeout", "2s"]);
     on_one_cpu(builder.command());
-    let mut a = builder.spawn([child()]);
-    let b = Run::builder(&base, "b").spawn([child()]);
-    a.wait_running();
-    b.wait_running();
-    b.signal(libc::SIGSTOP);
-    a.signal(libc::SIGTERM);
+    let (mut a, b) = asking_a_silent_peer(builder, &base);
 
     let name_file = atk.join("name");
     // 64 kB of JSON per answer, most of it an unknown field that the
@@ -268,7 +132,9 @@ fn a_flood_of_answers_at_the_barrier_cannot_hold_container_run_past_its_deadline
         OsStr::new("16"),
         OsStr::new(&line),
     ];
-    let _flood = Attacker::python(&atk, FLOOD_ANSWERS, &flood_args, true);
+    let mut pinned = setpriv(NOBODY);
+    on_one_cpu(&mut pinned);
+    let _flood = Attacker::python_by(pinned, &atk, FLOOD_ANSWERS, &flood_args);
     // Point the flood at each round's question socket as it appears,
     // until container-run has exited (its deadline is 2 s away).
     let mut last = String::new();
@@ -315,30 +181,16 @@ open(ready, 'w').close()
 /// into `kubectl logs` (SPEC 6: what a person reads is escaped).
 #[test]
 fn an_untrusted_answer_at_the_barrier_writes_nothing_raw_into_the_log() {
-    if !require_root("to answer as another user") {
+    let Some((_t, base, atk)) = attack_setup("to answer as another user", &["a", "b"]) else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["a", "b"]);
-    let atk = attacker_dir(&t);
-    let mut a = Run::builder(&base, "a")
-        .args(["--drain-timeout", "30s"])
-        .spawn([child()]);
-    let b = Run::builder(&base, "b").spawn([child()]);
-    a.wait_running();
-    b.wait_running();
-    b.signal(libc::SIGSTOP);
-    a.signal(libc::SIGTERM);
+    };
+    let a = Run::builder(&base, "a").args(["--drain-timeout", "30s"]);
+    let (mut a, b) = asking_a_silent_peer(a, &base);
     let forged = "container-run: received START";
     let line = status_line(&format!("\x1b]0;owned\x07\x1b[2J\n{forged}\nx"), "p");
     wait_until("container-run logs the untrusted answer", || {
         if let Some(name) = autobound_of(a.pid()).into_iter().next() {
-            let mut send = setpriv();
-            send.args([PYTHON, "-c", SEND_ONCE])
-                .arg(atk.join("sent"))
-                .arg(&name)
-                .arg(&line);
-            let _ = output_with_deadline(send);
+            let _ = python_to_end(SEND_ONCE, &args(&[&atk.join("sent"), &name, &line]));
         }
         a.stderr_text()
             .contains("ignoring an answer from uid 65534")
@@ -379,27 +231,25 @@ open(ready, 'w').close()
 /// once").
 #[test]
 fn a_stop_marker_deleted_behind_an_inotify_overflow_is_written_again() {
-    if !require_root("to attack as another user") {
+    let Some((_t, base, atk)) = attack_setup("to attack as another user", &["a"]) else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["a"]);
-    let atk = attacker_dir(&t);
-    let a = Run::builder(&base, "a").spawn([child()]);
-    a.wait_running();
+    };
+    let (a, _) = Run::builder(&base, "a").spawn_running();
     let (code, _, err) = client(&base, "ctl", &["stop", "a"]);
     assert_eq!(code, 0, "{err}");
     assert!(a.files.stopped.exists());
 
     a.signal(libc::SIGSTOP);
-    let mut churn = setpriv();
-    churn
-        .args([PYTHON, "-c", CHURN_THEN_REMOVE])
-        .arg(atk.join("churned"))
-        .arg(base.join("data/a"))
-        .arg("10000")
-        .arg(a.files.stopped.file_name().unwrap());
-    let (code, _, err) = output_with_deadline(churn);
+    let marker = a.files.stopped.file_name().unwrap();
+    let (code, _, err) = python_to_end(
+        CHURN_THEN_REMOVE,
+        &args(&[
+            &atk.join("churned"),
+            &base.join("data/a"),
+            &"10000",
+            &marker,
+        ]),
+    );
     assert_eq!(code, 0, "the attack itself failed: {err}");
     assert!(!a.files.stopped.exists());
     a.signal(libc::SIGCONT);
@@ -413,16 +263,6 @@ fn a_stop_marker_deleted_behind_an_inotify_overflow_is_written_again() {
         "the STOP marker written again while ctl status says HOLD yes",
         || a.files.stopped.exists(),
     );
-}
-
-/// A process of the test's, SIGKILLed by pid and reaped when dropped.
-struct KilledOnDrop(Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        kill(self.0.id() as i32, libc::SIGKILL);
-        let _ = self.0.wait();
-    }
 }
 
 /// Whether container-run's log shows `after` once `first` was logged.
@@ -457,11 +297,8 @@ fn quit_watches_every_target_at_once_and_never_says_a_living_job_ended() {
     let mut ctl = Command::new(bin());
     ctl.args(["ctl", "quit", "x", "y", "--base-dir"])
         .arg(t.path())
-        .env_remove("CONTAINER_RUN_BASE_DIR")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(t.file("quit.err")).unwrap());
-    let mut ctl = KilledOnDrop(ctl.spawn().unwrap());
+        .env_remove("CONTAINER_RUN_BASE_DIR");
+    let mut ctl = KilledOnDrop(spawn_to_files(&mut ctl, &out, &t.file("quit.err")));
     // ctl asks x for its STATUS only once both QUITs were answered.
     wait_until("ctl watches x after QUIT", || {
         logged_after(&x, "received QUIT", "received STATUS")
@@ -491,8 +328,7 @@ fn quit_watches_every_target_at_once_and_never_says_a_living_job_ended() {
 #[test]
 fn a_container_run_that_does_not_answer_keeps_its_row_and_exit_code() {
     let t = TempDir::new();
-    let x = Run::builder(t.path(), "x").spawn([child()]);
-    x.wait_running();
+    let (x, _) = Run::builder(t.path(), "x").spawn_running();
     x.signal(libc::SIGSTOP);
     let base = t.path();
     let (named, _, _) = client(base, "ctl", &["status", "x"]);
@@ -550,11 +386,8 @@ fn restart_never_reports_success_with_its_start_unsent() {
     let mut cmd = Command::new(bin());
     cmd.args(["ctl", "restart", "--no-wait", "--socket"])
         .arg(&path)
-        .env_remove("CONTAINER_RUN_BASE_DIR")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(t.file("out")).unwrap())
-        .stderr(std::fs::File::create(t.file("err")).unwrap());
-    let mut ctl = KilledOnDrop(cmd.spawn().unwrap());
+        .env_remove("CONTAINER_RUN_BASE_DIR");
+    let mut ctl = KilledOnDrop(spawn_to_files(&mut cmd, &t.file("out"), &t.file("err")));
     let pid = ctl.0.id() as i32;
     // poll(2) or ppoll(2): the commands were tried, START found no room.
     wait_until("ctl waits in poll", || {
@@ -574,10 +407,7 @@ fn restart_never_reports_success_with_its_start_unsent() {
     assert!(term_from.as_abstract_name().is_some());
     kill(pid, libc::SIGCONT);
     let status = wait_for("ctl ends", || ctl.0.try_wait().unwrap());
-    let mut got = Vec::new();
-    while let Ok(n) = fake.recv(&mut buf) {
-        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
+    let got = received(&fake);
     let out = std::fs::read_to_string(t.file("out")).unwrap();
     let err = std::fs::read_to_string(t.file("err")).unwrap();
     assert!(
@@ -630,22 +460,14 @@ print(rotated, flush=True)
 /// it likes.
 #[test]
 fn a_rotation_by_unread_replies_costs_a_bounded_number_of_log_lines() {
-    if !require_root("to attack as another user") {
+    let Some((_t, base, atk)) = attack_setup("to attack as another user", &["a"]) else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["a"]);
-    let atk = attacker_dir(&t);
-    let a = Run::builder(&base, "a")
-        .args(["--socket-group", "65534"])
-        .spawn([child()]);
-    a.wait_running();
-    let mut cmd = setpriv();
-    cmd.args([PYTHON, "-c", UNREAD_ROUNDS])
-        .arg(atk.join("ready-rotate"))
-        .arg(&a.files.socket)
-        .args(["8", "40"]);
-    let (code, printed, err) = output_with_deadline(cmd);
+    };
+    let (a, _) = grouped_run(&base, "a").spawn_running();
+    let (code, printed, err) = python_to_end(
+        UNREAD_ROUNDS,
+        &args(&[&atk.join("ready-rotate"), &a.files.socket, &"8", &"40"]),
+    );
     assert_eq!(code, 0, "the attack itself failed: {err}");
     let rotated: u32 = printed.trim().parse().unwrap_or(0);
     // Answered: the loop has logged whatever it was to log.
@@ -681,21 +503,14 @@ open(ready, 'w').close()
 /// never a backtrace).
 #[test]
 fn planted_socket_names_cost_a_listing_no_memory() {
-    if !require_root("to plant as another user") {
+    let Some((_t, base, atk)) = attack_setup("to plant as another user", &["a", "b"]) else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["a", "b"]);
-    let atk = attacker_dir(&t);
-    let a = Run::builder(&base, "a").spawn([child()]);
-    a.wait_running();
-    let mut plant = setpriv();
-    plant
-        .args([PYTHON, "-c", PLANT_FILES])
-        .arg(atk.join("planted"))
-        .arg(base.join("data/b"))
-        .arg("40000");
-    let (code, _, err) = output_with_deadline(plant);
+    };
+    let (_a, _) = Run::builder(&base, "a").spawn_running();
+    let (code, _, err) = python_to_end(
+        PLANT_FILES,
+        &args(&[&atk.join("planted"), &base.join("data/b"), &"40000"]),
+    );
     assert_eq!(code, 0, "the attack itself failed: {err}");
     // 24 MB of address space: the same listing without the planted names
     // runs in 16.
@@ -722,11 +537,10 @@ fn wait_until_running_holds_for_a_draining_job() {
     let drain = t.file("drain");
     std::fs::write(&drain, "#!/bin/sh\necho 60\n").unwrap();
     std::fs::set_permissions(&drain, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let x = Run::builder(t.path(), "x")
+    let (x, _) = Run::builder(t.path(), "x")
         .arg("--drain-name")
         .arg(&drain)
-        .spawn([child()]);
-    x.wait_running();
+        .spawn_running();
     x.signal(libc::SIGTERM);
     x.wait_state("draining");
     let (code, _, _) = client(t.path(), "bpm", &["running", "x"]);

@@ -130,9 +130,7 @@ fn a_missing_drain_is_said_once_at_start_up_and_still_looked_up_when_due() {
     let rec = Recorder::new(&t, &[]);
     let mut run = Run::builder(t.path(), "rep")
         .args(["--drain-name", "/nonexistent/drain"])
-        .spawn(&rec.command);
-    run.wait_running();
-    rec.wait_ready();
+        .spawn_ready(&rec);
     let warning = "container-run: warning: drain /nonexistent/drain not found: \
                    the drain will be skipped unless it appears";
     wait_until("start-up warning", || run.errors().contains(warning));

@@ -17,178 +17,26 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
+use common::attack::{
+    Attacker, NOBODY, Victims, abstract_names_of, args, as_job_user, assert_no_control,
+    attack_setup, attacker_dir, chown, client, client_as_job_user, client_command, client_through,
+    fake_line, grouped_run, job_user_dirs, python_to_end, received, setpriv, then_setpriv,
+    without_client_env,
+};
 use common::*;
 use serde_json::Value;
-
-const NOBODY: u32 = 65534;
-/// Not a shim under root's home: the job's user must be able to run it.
-const PYTHON: &str = "/usr/bin/python3";
-
-fn chown(path: &Path, uid: u32) {
-    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
-}
-
-/// BASE as a BOSH pre-start leaves it: every job's data and pid
-/// directories belong to the job's user (vcap owns all of them).
-fn job_owned_base(t: &TempDir, jobs: &[&str]) -> PathBuf {
-    let base = t.file("base");
-    for job in jobs {
-        for dir in [format!("data/{job}"), format!("sys/run/bpm/{job}")] {
-            let p = base.join(dir);
-            std::fs::create_dir_all(&p).unwrap();
-            chown(&p, NOBODY);
-        }
-    }
-    base
-}
-
-/// A directory of the job user's own outside BASE: ready files, logs.
-fn attacker_dir(t: &TempDir) -> PathBuf {
-    let d = t.file("attacker");
-    std::fs::create_dir(&d).unwrap();
-    chown(&d, NOBODY);
-    d
-}
-
-/// Root-owned files in a root-only directory outside BASE.
-struct Victims {
-    dir: PathBuf,
-}
-
-impl Victims {
-    fn new(t: &TempDir) -> Victims {
-        let dir = t.file("victims");
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        Victims { dir }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        let p = self.dir.join(name);
-        std::fs::write(&p, format!("root's own {name}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-        p
-    }
-
-    /// A root-only socket that records whatever reaches it.
-    fn socket(&self, name: &str) -> (PathBuf, UnixDatagram) {
-        let p = self.dir.join(name);
-        let s = UnixDatagram::bind(&p).unwrap();
-        s.set_nonblocking(true).unwrap();
-        (p, s)
-    }
-
-    fn assert_file_untouched(&self, name: &str) {
-        let p = self.dir.join(name);
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        assert!(m.is_file(), "{} is no longer a regular file", p.display());
-        assert_eq!((m.mode() & 0o7777, m.uid()), (0o600, 0), "{}", p.display());
-        assert_eq!(
-            std::fs::read_to_string(&p).unwrap(),
-            format!("root's own {name}\n")
-        );
-    }
-
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-/// Everything a recording socket received, as text.
-fn received(sock: &UnixDatagram) -> Vec<String> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    while let Ok(n) = sock.recv(&mut buf) {
-        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
-    got
-}
-
-fn without_client_env(cmd: &mut Command) -> &mut Command {
-    cmd.env_remove("CONTAINER_RUN_BASE_DIR")
-        .env_remove("CONTAINER_RUN_TRUST_UID")
-}
-
-/// `container-run MODE --base-dir BASE ARGS...` as root, to its end:
-/// (exit code, stdout, stderr).
-fn client(base: &Path, mode: &str, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(bin());
-    cmd.arg(mode).arg("--base-dir").arg(base).args(args);
-    without_client_env(&mut cmd);
-    output_with_deadline(cmd)
-}
-
-/// The same as the job's user (uid and group 65534, no other group).
-fn client_as_job_user(base: &Path, mode: &str, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = setpriv(NOBODY);
-    cmd.arg(bin())
-        .arg(mode)
-        .arg("--base-dir")
-        .arg(base)
-        .args(args);
-    without_client_env(&mut cmd);
-    output_with_deadline(cmd)
-}
-
-/// `setpriv` as uid 65534 with `gid` as its only group.
-fn setpriv(gid: u32) -> Command {
-    let mut cmd = Command::new("setpriv");
-    cmd.arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={gid}"))
-        .arg("--clear-groups");
-    cmd
-}
-
-/// A shell command as the job's user, to its end; it must succeed.
-fn as_job_user(script: &str) {
-    let mut cmd = setpriv(NOBODY);
-    cmd.args(["sh", "-ec", script]);
-    let (code, out, err) = output_with_deadline(cmd);
-    assert_eq!(code, 0, "the attack itself failed: {out}{err}");
-}
 
 /// One JSON line of `ctl status --json`.
 fn json_line(out: &str) -> Value {
     assert_eq!(out.lines().count(), 1, "{out:?}");
     serde_json::from_str(out.trim()).unwrap()
-}
-
-/// What a job's user's socket answers, as a container-run would.
-fn fake_line(job: &str, process: &str, state: &str, hold: bool) -> String {
-    let pid = if state == "stopped" {
-        Value::Null
-    } else {
-        Value::from(1)
-    };
-    let line = serde_json::json!({
-        "state": state, "pid": pid, "job": job, "process": process, "starts": 1,
-        "hold": hold, "pending_start": false, "exiting": false, "post_start": "none",
-        "uptime_ms": 1000, "last_exit": null, "drain": "none", "age_ms": 1000,
-    });
-    format!("{line}\n")
-}
-
-/// Text a person reads carries no raw control character but newlines.
-fn assert_no_control(what: &str, text: &str) {
-    let bad: Vec<char> = text
-        .chars()
-        .filter(|&c| c.is_control() && c != '\n')
-        .collect();
-    assert!(bad.is_empty(), "{what} carries raw {bad:?}: {text:?}");
 }
 
 /// The uid that owns the file at `path` (not following a link).
@@ -200,22 +48,9 @@ fn owner(path: &Path) -> Option<u32> {
 /// `pid` holds, found in `/proc/net/unix` by the inode of one of its
 /// sockets; `None` for a container-run that binds none.
 fn rendezvous_of(pid: i32) -> Option<String> {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()?
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|l| {
-            let l = l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?;
-            Some(l.to_string())
-        })
-        .collect();
-    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
-    table.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let name = f.get(7)?.strip_prefix('@')?;
-        (name.starts_with("container-run/") && inodes.iter().any(|i| i == f[6]))
-            .then(|| name.to_string())
-    })
+    abstract_names_of(pid)
+        .into_iter()
+        .find(|name| name.starts_with("container-run/"))
 }
 
 /// `container-run/POD/` (`parts` 2) or `container-run/POD/TARGET/` (3).
@@ -246,102 +81,15 @@ fn cpu_seconds(pid: i32) -> f64 {
     (f[0] + f[1]) as f64 / hz
 }
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A process of the test's, SIGKILLed by pid and reaped when dropped.
-struct KilledOnDrop(Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        kill(self.0.id() as i32, libc::SIGKILL);
-        let _ = self.0.wait();
-    }
+/// A fake of the job user's (python3): `args` takes READY, D, NAME and
+/// LINE (as bytes), and what else it needs, from its arguments; then it
+/// binds `.evil` in D (its directory from then on), answers every datagram
+/// with LINE from a thread of its own, and goes on with `then`.
+fn fake_script(args: &str, then: &str) -> String {
+    format!("import os, socket, sys, threading, time\n{args}\n{SERVE_EVIL}{then}")
 }
 
-/// A process of the job's user, running on in the background; killed by
-/// pid and reaped when dropped.
-struct Attacker {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Attacker {
-    /// `python3 -c SCRIPT READY ARGS...` as uid 65534 and group `gid`
-    /// (through `wrap`, e.g. `nsenter`, when given); returns once the
-    /// script has created READY.
-    fn python(dir: &Path, gid: u32, script: &str, args: &[&OsStr]) -> Attacker {
-        Self::python_in(None, dir, gid, script, args)
-    }
-
-    fn python_in(
-        wrap: Option<Command>,
-        dir: &Path,
-        gid: u32,
-        script: &str,
-        args: &[&OsStr],
-    ) -> Attacker {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let (ready, out, err) = (
-            dir.join(format!("ready{n}")),
-            dir.join(format!("out{n}")),
-            dir.join(format!("err{n}")),
-        );
-        let priv_cmd = setpriv(gid);
-        let mut cmd = match wrap {
-            Some(mut w) => {
-                w.arg(priv_cmd.get_program()).args(priv_cmd.get_args());
-                w
-            }
-            None => priv_cmd,
-        };
-        cmd.args([PYTHON, "-c", script])
-            .arg(&ready)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap());
-        let mut a = Attacker {
-            child: cmd.spawn().unwrap(),
-            out,
-            err,
-        };
-        wait_until("the attacker is set up", || {
-            if let Some(status) = a.child.try_wait().unwrap() {
-                panic!(
-                    "the attacker ended early ({status}): {}",
-                    std::fs::read_to_string(&a.err).unwrap_or_default()
-                );
-            }
-            ready.exists()
-        });
-        a
-    }
-
-    /// Wait for the script to end by itself; what it printed.
-    fn finish(&mut self) -> String {
-        let status = wait_for("the attacker finishes", || self.child.try_wait().unwrap());
-        let err = std::fs::read_to_string(&self.err).unwrap_or_default();
-        assert!(status.success(), "the attack itself failed: {err}");
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-}
-
-impl Drop for Attacker {
-    fn drop(&mut self) {
-        kill(self.child.id() as i32, libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-/// Binds `.evil` in DIR, answers every datagram with LINE, and renames a
-/// hard link of it over NAME, COUNT times at most (60 s at most), PAUSE
-/// seconds apart; prints how many renames it made.
-const RENAME_OVER: &str = r#"
-import os, socket, sys, threading, time
-ready, d, name, line, count, pause = sys.argv[1:7]
-line, count, pause = line.encode(), int(count), float(pause)
-os.chdir(d)
+const SERVE_EVIL: &str = r#"os.chdir(d)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind('.evil')
 def serve():
@@ -353,7 +101,16 @@ def serve():
             except OSError:
                 pass
 threading.Thread(target=serve, daemon=True).start()
-open(ready, 'w').close()
+"#;
+
+/// Binds `.evil` in DIR, answers every datagram with LINE, and renames a
+/// hard link of it over NAME, COUNT times at most (60 s at most), PAUSE
+/// seconds apart; prints how many renames it made.
+fn rename_over() -> String {
+    fake_script(
+        "ready, d, name, line, count, pause = sys.argv[1:7]\n\
+         line, count, pause = line.encode(), int(count), float(pause)",
+        r#"open(ready, 'w').close()
 end, done = time.time() + 60, 0
 while done < count and time.time() < end:
     try:
@@ -367,7 +124,9 @@ while done < count and time.time() < end:
             pass
     time.sleep(pause)
 print(done, flush=True)
-"#;
+"#,
+    )
+}
 
 /// Renames NAME in DIR away, again and again, for SECONDS at most.
 const RENAME_AWAY: &str = r#"
@@ -485,22 +244,10 @@ for i in range(count):
 
 /// Fills the volume's inodes from DIR/fill, then renames a socket of its
 /// own, answering LINE, over NAME in DIR; serves 120 s at most.
-const FILL_AND_RENAME: &str = r#"
-import os, socket, sys, threading, time
-ready, d, name, line = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].encode()
-os.chdir(d)
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind('.evil')
-def serve():
-    while True:
-        data, addr = s.recvfrom(65536)
-        if addr:
-            try:
-                s.sendto(line, addr)
-            except OSError:
-                pass
-threading.Thread(target=serve, daemon=True).start()
-os.mkdir('fill')
+fn fill_and_rename() -> String {
+    fake_script(
+        "ready, d, name, line = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].encode()",
+        r#"os.mkdir('fill')
 n = 0
 while n < 100000:
     try:
@@ -511,10 +258,109 @@ while n < 100000:
 os.rename('.evil', name)
 open(ready, 'w').close()
 time.sleep(120)
-"#;
+"#,
+    )
+}
 
-fn args<'a>(items: &'a [&'a dyn AsRef<OsStr>]) -> Vec<&'a OsStr> {
-    items.iter().map(|a| a.as_ref()).collect()
+/// The job user's socket, answering "stopped, hold", renamed over job
+/// `job`'s control socket `count` times, 0.2 ms apart (`rename_over`).
+fn renamer(atk: &Path, base: &Path, count: &str) -> Attacker {
+    let lie = fake_line("job", "job", "stopped", true);
+    let data = base.join("data/job");
+    Attacker::python(
+        atk,
+        NOBODY,
+        &rename_over(),
+        &args(&[&data, &"job_containerrun.sock", &lie, &count, &"0.0002"]),
+    )
+}
+
+/// Two of the job user's processes (members of the socket's group) keep
+/// the queues of `doors` full of STATUS, 60 s at most.
+fn two_floods(atk: &Path, doors: &[String]) -> [Attacker; 2] {
+    let mut flood_args: Vec<&OsStr> = vec![OsStr::new("60"), OsStr::new("STATUS")];
+    flood_args.extend(doors.iter().map(OsStr::new));
+    [
+        Attacker::python(atk, NOBODY, FLOOD, &flood_args),
+        Attacker::python(atk, NOBODY, FLOOD, &flood_args),
+    ]
+}
+
+/// The job user's sockets and links of `spec` (as `FAKES` reads it), each
+/// logging what reaches it to `log`.
+fn fakes(atk: &Path, log: &Path, spec: &Value) -> Attacker {
+    Attacker::python(atk, NOBODY, FAKES, &args(&[&log, &spec.to_string()]))
+}
+
+/// Root's `ctl status job --json` answers with the real job's `pid`.
+fn assert_status_shows(base: &Path, pid: i32, what: &str) {
+    let (code, out, err) = client(base, "ctl", &["status", "job", "--json"]);
+    assert_eq!(code, 0, "{what}{out}{err}");
+    assert_eq!(
+        json_line(&out)["pid"].as_i64(),
+        Some(i64::from(pid)),
+        "{what}{out}"
+    );
+}
+
+/// Root's `ctl stop job` succeeds and the real job, `pid`, is gone.
+fn assert_stop_stops(base: &Path, pid: i32) {
+    let out = ctl_job(base, "stop");
+    assert!(!alive(pid), "ctl stop said {out:?} while the job runs on");
+}
+
+/// What most findings start from: `attack_setup` for job `job`, and its
+/// container-run, running: (the temporary directory, BASE, the attacker's
+/// directory, the container-run, the job's pid). `None`, the test
+/// skipped, without root.
+fn job_under_attack() -> Option<(TempDir, PathBuf, PathBuf, Run, i32)> {
+    let (t, base, atk) = attack_setup("to act as the job's user", &["job"])?;
+    let (run, pid) = Run::builder(&base, "job").spawn_running();
+    Some((t, base, atk, run, pid))
+}
+
+/// Root's `ctl VERB job`, which must succeed; what it printed.
+fn ctl_job(base: &Path, verb: &str) -> String {
+    let (code, out, err) = client(base, "ctl", &[verb, "job"]);
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
+/// Root's `container-run ARGS... --base-dir BASE` under the shell's `ulimit
+/// LIMIT`, to its end.
+fn client_under_ulimit(limit: &str, base: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &format!("ulimit {limit}; exec \"$@\""), "sh"])
+        .arg(bin())
+        .args(args)
+        .arg("--base-dir")
+        .arg(base);
+    without_client_env(&mut cmd);
+    output_with_deadline(cmd)
+}
+
+/// A regular file of root's at `path` (not a link, not a directory).
+fn roots_regular_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == 0)
+}
+
+/// The job is held: container-run says stopped with a hold, and root's
+/// `probe job -- false` believes it (exits 0 without running its check).
+fn assert_held(run: &Run, base: &Path, what: &str) {
+    let s = run.status();
+    assert_eq!(
+        (s["state"].as_str(), s["hold"].as_bool()),
+        (Some("stopped"), Some(true))
+    );
+    let (code, _, err) = client(base, "probe", &["job", "--", "false"]);
+    assert_eq!(code, 0, "{what}probe ran its check: {err}");
+}
+
+/// A container-run for `job` started again comes up stopped, held.
+fn a_restart_comes_up_held(base: &Path) -> Run {
+    let again = Run::builder(base, "job").spawn([child()]);
+    assert_eq!(again.wait_state("stopped")["hold"], true);
+    again
 }
 
 /// Finding 1: the job user renames a socket of its own, answering
@@ -523,22 +369,10 @@ fn args<'a>(items: &'a [&'a dyn AsRef<OsStr>]) -> Vec<&'a OsStr> {
 /// its check, and `ctl stop` really stops the job.
 #[test]
 fn a_socket_renamed_over_the_name_never_answers_for_the_job() {
-    if !require_root("to act as the job's user") {
+    let Some((_t, base, atk, run, pid)) = job_under_attack() else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job"]);
-    let atk = attacker_dir(&t);
-    let run = Run::builder(&base, "job").spawn([child()]);
-    let pid = run.wait_running();
-    let data = base.join("data/job");
-    let lie = fake_line("job", "job", "stopped", true);
-    let _renamer = Attacker::python(
-        &atk,
-        NOBODY,
-        RENAME_OVER,
-        &args(&[&data, &"job_containerrun.sock", &lie, &"1000000", &"0.0002"]),
-    );
+    };
+    let _renamer = renamer(&atk, &base, "1000000");
     wait_until("the fake holds the name", || {
         owner(&run.files.socket) == Some(NOBODY)
     });
@@ -556,9 +390,7 @@ fn a_socket_renamed_over_the_name_never_answers_for_the_job() {
         let (code, _, err) = client(&base, "probe", &["job", "--", "false"]);
         assert_eq!(code, 1, "round {round}: probe did not run its check: {err}");
     }
-    let (code, out, err) = client(&base, "ctl", &["stop", "job"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(!alive(pid), "ctl stop said {out:?} while the job runs on");
+    assert_stop_stops(&base, pid);
     assert!(!run.files.pidfile.exists() && !run.files.running.exists());
     assert_eq!(owner(&run.files.stopped), Some(0), "no STOP marker");
 }
@@ -612,12 +444,10 @@ impl SmallVolume {
     }
 
     fn pid(&self) -> i32 {
-        let outer = self.unshare.id() as i32;
-        wait_for("container-run in its mount namespace", || {
-            descendants(outer)
-                .into_iter()
-                .find(|&p| ppid(p) == Some(outer))
-        })
+        wait_child_of(
+            self.unshare.id() as i32,
+            "container-run in its mount namespace",
+        )
     }
 
     /// `nsenter` into its mount namespace, ready for a program.
@@ -634,14 +464,19 @@ impl SmallVolume {
     }
 
     fn client(&self, mode: &str, args: &[&str]) -> (i32, String, String) {
+        client_through(Some(self.enter()), &self.base, mode, args)
+    }
+
+    /// `Attacker::python` run inside its mount namespace.
+    fn attacker(&self, dir: &Path, script: &str, args: &[&OsStr]) -> Attacker {
         let mut cmd = self.enter();
-        cmd.arg(bin())
-            .arg(mode)
-            .arg("--base-dir")
-            .arg(&self.base)
-            .args(args);
-        without_client_env(&mut cmd);
-        output_with_deadline(cmd)
+        then_setpriv(&mut cmd, NOBODY);
+        Attacker::python_by(cmd, dir, script, args)
+    }
+
+    /// container-run's stderr so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 }
 
@@ -653,36 +488,58 @@ impl Drop for SmallVolume {
     }
 }
 
+/// A job running on a `SmallVolume` of 64 inodes whose name the job
+/// user's fake took on a full volume: the take-back failed. Fields in the
+/// order they are dropped.
+struct FullVolume {
+    _filler: Attacker,
+    vol: SmallVolume,
+    job_pid: i32,
+    atk: PathBuf,
+    _t: TempDir,
+}
+
+/// A `FullVolume`; `None`, the test skipped, without root.
+fn a_fake_on_a_full_volume() -> Option<FullVolume> {
+    if !require_root("to mount a tmpfs and act as the job's user") {
+        return None;
+    }
+    let t = TempDir::new();
+    let base = t.file("base");
+    let atk = attacker_dir(&t);
+    let vol = SmallVolume::start(&base, 64);
+    let job_pid = wait_pid_file(&vol.inside(&Files::new(&base, "job", "job").pidfile));
+    let data = base.join("data/job");
+    let lie = fake_line("job", "job", "stopped", true);
+    let filler = vol.attacker(
+        &atk,
+        &fill_and_rename(),
+        &args(&[&data, &"job_containerrun.sock", &lie]),
+    );
+    wait_until("the take-back failed for want of inodes", || {
+        vol.log().contains("cannot bind the control socket again")
+    });
+    Some(FullVolume {
+        _filler: filler,
+        vol,
+        job_pid,
+        atk,
+        _t: t,
+    })
+}
+
 /// Finding 1 on a full volume: the job user fills the data volume's
 /// inodes, then renames its socket over the name once; the take-back
 /// (which needs a private directory) fails and the fake keeps the name.
 /// Root's clients still see the real job, and `ctl stop` stops it.
 #[test]
 fn a_fake_that_keeps_the_name_on_a_full_volume_is_not_believed() {
-    if !require_root("to mount a tmpfs and act as the job's user") {
+    let Some(full) = a_fake_on_a_full_volume() else {
         return;
-    }
-    let t = TempDir::new();
-    let base = t.file("base");
-    let atk = attacker_dir(&t);
-    let vol = SmallVolume::start(&base, 64);
-    let files = Files::new(&base, "job", "job");
+    };
+    let (vol, job_pid) = (&full.vol, full.job_pid);
+    let files = Files::new(&vol.base, "job", "job");
     let pid_file = vol.inside(&files.pidfile);
-    let job_pid = wait_pid_file(&pid_file);
-    let data = base.join("data/job");
-    let lie = fake_line("job", "job", "stopped", true);
-    let _filler = Attacker::python_in(
-        Some(vol.enter()),
-        &atk,
-        NOBODY,
-        FILL_AND_RENAME,
-        &args(&[&data, &"job_containerrun.sock", &lie]),
-    );
-    wait_until("the take-back failed for want of inodes", || {
-        std::fs::read_to_string(&vol.stderr)
-            .unwrap_or_default()
-            .contains("cannot bind the control socket again")
-    });
     let name = vol.inside(&files.socket);
     assert_eq!(
         owner(&name),
@@ -703,7 +560,7 @@ fn a_fake_that_keeps_the_name_on_a_full_volume_is_not_believed() {
     }
     // Room for the STOP marker, none of it in the name's directory: the
     // fake keeps the name.
-    let fill = vol.inside(&data.join("fill"));
+    let fill = vol.inside(&vol.base.join("data/job/fill"));
     for e in std::fs::read_dir(&fill).unwrap().take(8) {
         std::fs::remove_file(e.unwrap().path()).unwrap();
     }
@@ -736,41 +593,28 @@ for i in range(int(count)):
 /// number of log lines, not one per attempt.
 #[test]
 fn a_take_back_that_keeps_failing_costs_a_bounded_number_of_log_lines() {
-    if !require_root("to mount a tmpfs and act as the job's user") {
+    let Some(full) = a_fake_on_a_full_volume() else {
         return;
-    }
-    let t = TempDir::new();
-    let base = t.file("base");
-    let atk = attacker_dir(&t);
-    let vol = SmallVolume::start(&base, 64);
-    wait_pid_file(&vol.inside(&Files::new(&base, "job", "job").pidfile));
-    let data = base.join("data/job");
-    let lie = fake_line("job", "job", "stopped", true);
-    let _filler = Attacker::python_in(
-        Some(vol.enter()),
-        &atk,
-        NOBODY,
-        FILL_AND_RENAME,
-        &args(&[&data, &"job_containerrun.sock", &lie]),
-    );
-    let log = || std::fs::read_to_string(&vol.stderr).unwrap_or_default();
-    wait_until("the take-back failed for want of inodes", || {
-        log().contains("cannot bind the control socket again")
-    });
+    };
+    let vol = &full.vol;
     let started = Instant::now();
-    let mut churn = Attacker::python_in(
-        Some(vol.enter()),
-        &atk,
-        NOBODY,
+    let mut churn = vol.attacker(
+        &full.atk,
         CHURN,
-        &args(&[&data, &"fill", &"fill2", &"1000", &"0.005"]),
+        &args(&[
+            &vol.base.join("data/job"),
+            &"fill",
+            &"fill2",
+            &"1000",
+            &"0.005",
+        ]),
     );
     churn.finish();
     // Queued behind the events: once answered, they have all been read.
     let (code, _, err) = vol.client("ctl", &["status", "job"]);
     assert_eq!(code, 0, "{err}");
     let elapsed = started.elapsed();
-    let text = log();
+    let text = vol.log();
     let failures = text
         .lines()
         .filter(|l| l.contains("cannot bind the control socket again"))
@@ -787,25 +631,16 @@ fn a_take_back_that_keeps_failing_costs_a_bounded_number_of_log_lines() {
 /// count), not one per rename. Its CPU time is printed, not judged.
 #[test]
 fn a_rename_loop_costs_a_bounded_number_of_log_lines() {
-    if !require_root("to act as the job's user") {
+    let Some((_t, base, atk, mut run, _)) = job_under_attack() else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job"]);
-    let atk = attacker_dir(&t);
-    let mut run = Run::builder(&base, "job").spawn([child()]);
-    run.wait_running();
+    };
     let cpu_before = cpu_seconds(run.pid());
     let started = Instant::now();
-    let data = base.join("data/job");
-    let lie = fake_line("job", "job", "stopped", true);
-    let mut renamer = Attacker::python(
-        &atk,
-        NOBODY,
-        RENAME_OVER,
-        &args(&[&data, &"job_containerrun.sock", &lie, &"6000", &"0.0002"]),
-    );
-    let renames: u64 = renamer.finish().trim().parse().unwrap();
+    let renames: u64 = renamer(&atk, &base, "6000")
+        .finish()
+        .trim()
+        .parse()
+        .unwrap();
     wait_until("container-run holds its name again", || {
         owner(&run.files.socket) == Some(0)
     });
@@ -852,19 +687,6 @@ fn drain_script(t: &TempDir, seconds: u32, done: &Path) -> PathBuf {
     script
 }
 
-/// A job that writes the realtime clock (ns) to `stamp` when SIGTERM comes.
-fn stamping_job(stamp: &Path, ready: &Path) -> Vec<String> {
-    vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        format!(
-            "trap 'date +%s%N > {s}; exit 0' TERM; echo $$ > {r}; while :; do sleep 0.05; done",
-            s = stamp.display(),
-            r = ready.display()
-        ),
-    ]
-}
-
 fn ns_stamp(path: &Path) -> u128 {
     std::fs::read_to_string(path)
         .unwrap()
@@ -873,32 +695,66 @@ fn ns_stamp(path: &Path) -> u128 {
         .unwrap()
 }
 
+/// Two container-runs of one pod: garden, whose job writes the realtime
+/// clock (ns) to `garden_term` when SIGTERM comes, and rep, whose drain
+/// script works a while, then writes it to `rep_drained`.
+struct GardenAndRep {
+    garden: Run,
+    rep: Run,
+    garden_term: PathBuf,
+    rep_drained: PathBuf,
+}
+
+impl GardenAndRep {
+    /// Both under `base`, with their own `garden_args` and `rep_args`,
+    /// rep's drain working `drain_s` seconds; returns once both jobs run
+    /// and garden's has set up.
+    fn start(
+        t: &TempDir,
+        base: &Path,
+        drain_s: u32,
+        garden_args: &[&str],
+        rep_args: &[&str],
+    ) -> GardenAndRep {
+        let rep_drained = t.file("rep-drained");
+        let script = drain_script(t, drain_s, &rep_drained);
+        let (garden_term, garden_ready) = (t.file("garden-term"), t.file("garden-ready"));
+        let garden = Run::builder(base, "garden")
+            .args(garden_args)
+            .spawn(stamping_job(&garden_term, &garden_ready));
+        let rep = Run::builder(base, "rep")
+            .args(rep_args)
+            .arg("--drain-name")
+            .arg(&script)
+            .spawn([child()]);
+        garden.wait_running();
+        wait_pid_file(&garden_ready);
+        rep.wait_running();
+        GardenAndRep {
+            garden,
+            rep,
+            garden_term,
+            rep_drained,
+        }
+    }
+}
+
 /// Finding 3: rep drains for 4 s, garden has no drain; both are signalled.
 /// The job user renames rep's socket away again and again, and two of its
 /// processes (members of the socket's group) keep rep's queues full. The
 /// barrier must still hold garden's stop until rep's drain is done.
 #[test]
 fn the_barrier_cannot_be_skipped_by_hiding_or_flooding_a_draining_peer() {
-    if !require_root("to act as the job's user") {
+    let Some((t, base, atk)) = attack_setup("to act as the job's user", &["rep", "garden"]) else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["rep", "garden"]);
-    let atk = attacker_dir(&t);
-    let rep_drained = t.file("rep-drained");
-    let script = drain_script(&t, 4, &rep_drained);
-    let (garden_term, garden_ready) = (t.file("garden-term"), t.file("garden-ready"));
-    let mut garden = Run::builder(&base, "garden")
-        .args(["--socket-group", "65534"])
-        .spawn(stamping_job(&garden_term, &garden_ready));
-    let mut rep = Run::builder(&base, "rep")
-        .args(["--socket-group", "65534"])
-        .arg("--drain-name")
-        .arg(&script)
-        .spawn([child()]);
-    garden.wait_running();
-    wait_pid_file(&garden_ready);
-    rep.wait_running();
+    };
+    let group = ["--socket-group", "65534"];
+    let GardenAndRep {
+        mut garden,
+        mut rep,
+        garden_term,
+        rep_drained,
+    } = GardenAndRep::start(&t, &base, 4, &group, &group);
     let rep_doors = doors(rep.pid(), &rep.files.socket);
     let _renamer = Attacker::python(
         &atk,
@@ -906,12 +762,7 @@ fn the_barrier_cannot_be_skipped_by_hiding_or_flooding_a_draining_peer() {
         RENAME_AWAY,
         &args(&[&base.join("data/rep"), &"rep_containerrun.sock", &"60"]),
     );
-    let mut flood_args: Vec<&OsStr> = vec![OsStr::new("60"), OsStr::new("STATUS")];
-    flood_args.extend(rep_doors.iter().map(OsStr::new));
-    let _floods = [
-        Attacker::python(&atk, NOBODY, FLOOD, &flood_args),
-        Attacker::python(&atk, NOBODY, FLOOD, &flood_args),
-    ];
+    let _floods = two_floods(&atk, &rep_doors);
     garden.signal(libc::SIGTERM);
     rep.signal(libc::SIGTERM);
     assert_eq!(garden.wait_exit(), 0, "{}", garden.errors());
@@ -953,24 +804,12 @@ time.sleep(120)
 /// must still arrive: garden goes on after settling, not at its deadline.
 #[test]
 fn unread_answers_to_strangers_do_not_silence_a_peer_for_the_barrier() {
-    if !require_root("to act as another user") {
+    let Some((t, base, atk)) = attack_setup("to act as another user", &["rep", "garden"]) else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["rep", "garden"]);
-    let atk = attacker_dir(&t);
-    let script = drain_script(&t, 1, &t.file("rep-drained"));
-    let (garden_term, garden_ready) = (t.file("garden-term"), t.file("garden-ready"));
-    let mut garden = Run::builder(&base, "garden")
-        .args(["--drain-timeout", "8s"])
-        .spawn(stamping_job(&garden_term, &garden_ready));
-    let rep = Run::builder(&base, "rep")
-        .arg("--drain-name")
-        .arg(&script)
-        .spawn([child()]);
-    garden.wait_running();
-    wait_pid_file(&garden_ready);
-    rep.wait_running();
+    };
+    let GardenAndRep {
+        mut garden, rep, ..
+    } = GardenAndRep::start(&t, &base, 1, &["--drain-timeout", "8s"], &[]);
     let name = rendezvous_of(rep.pid()).expect("a rendezvous name");
     let _unread = Attacker::python(&atk, NOBODY, UNREAD, &args(&[&name, &"100"]));
     garden.signal(libc::SIGTERM);
@@ -995,18 +834,12 @@ fn unread_answers_to_strangers_do_not_silence_a_peer_for_the_barrier() {
 #[test]
 fn a_peer_that_cannot_answer_is_waited_for() {
     let t = TempDir::new();
-    let base = t.file("base");
-    let rep_drained = t.file("rep-drained");
-    let script = drain_script(&t, 2, &rep_drained);
-    let (garden_term, garden_ready) = (t.file("garden-term"), t.file("garden-ready"));
-    let mut garden = Run::builder(&base, "garden").spawn(stamping_job(&garden_term, &garden_ready));
-    let mut rep = Run::builder(&base, "rep")
-        .arg("--drain-name")
-        .arg(&script)
-        .spawn([child()]);
-    garden.wait_running();
-    wait_pid_file(&garden_ready);
-    rep.wait_running();
+    let GardenAndRep {
+        mut garden,
+        mut rep,
+        garden_term,
+        rep_drained,
+    } = GardenAndRep::start(&t, &t.file("base"), 2, &[], &[]);
     rep.signal(libc::SIGSTOP);
     rep.signal(libc::SIGTERM);
     garden.signal(libc::SIGTERM);
@@ -1028,13 +861,10 @@ fn a_peer_that_cannot_answer_is_waited_for() {
 /// limit 1024) keeps none, answers STATUS and lifts a hold with START.
 #[test]
 fn fds_passed_with_datagrams_are_closed_at_once() {
-    if !require_root("to act as the job's user") {
+    let Some((_t, base, atk)) = attack_setup("to act as the job's user", &["job"]) else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job"]);
-    let atk = attacker_dir(&t);
-    let mut builder = Run::builder(&base, "job").args(["--socket-group", "65534"]);
+    };
+    let mut builder = grouped_run(&base, "job");
     // SAFETY: setrlimit is async-signal-safe; the limit is the child's own.
     unsafe {
         builder.command().pre_exec(|| {
@@ -1051,8 +881,7 @@ fn fds_passed_with_datagrams_are_closed_at_once() {
     };
     let mut run = builder.spawn([child()]);
     run.wait_running();
-    let (code, out, err) = client(&base, "ctl", &["stop", "job"]);
-    assert_eq!(code, 0, "{out}{err}");
+    ctl_job(&base, "stop");
     assert!(run.files.stopped.exists());
     assert_eq!(run.status()["state"], "stopped");
     let baseline = fd_count(run.pid());
@@ -1083,8 +912,7 @@ fn fds_passed_with_datagrams_are_closed_at_once() {
         most <= baseline + 8 + 2,
         "{most} fds during the attack, {baseline} before"
     );
-    let (code, out, err) = client(&base, "ctl", &["start", "job"]);
-    assert_eq!(code, 0, "{out}{err}");
+    ctl_job(&base, "start");
     assert!(!run.files.stopped.exists(), "START left the STOP marker");
     assert!(
         run.try_exit().is_none(),
@@ -1098,27 +926,13 @@ fn fds_passed_with_datagrams_are_closed_at_once() {
 /// in a row all succeed.
 #[test]
 fn a_full_queue_never_fails_roots_commands() {
-    if !require_root("to act as the job's user") {
+    let Some((_t, base, atk)) = attack_setup("to act as the job's user", &["job"]) else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job"]);
-    let atk = attacker_dir(&t);
-    let run = Run::builder(&base, "job")
-        .args(["--socket-group", "65534"])
-        .spawn([child()]);
-    let pid = run.wait_running();
-    let targets = doors(run.pid(), &run.files.socket);
-    let mut flood_args: Vec<&OsStr> = vec![OsStr::new("60"), OsStr::new("STATUS")];
-    flood_args.extend(targets.iter().map(OsStr::new));
-    let _floods = [
-        Attacker::python(&atk, NOBODY, FLOOD, &flood_args),
-        Attacker::python(&atk, NOBODY, FLOOD, &flood_args),
-    ];
+    };
+    let (run, pid) = grouped_run(&base, "job").spawn_running();
+    let _floods = two_floods(&atk, &doors(run.pid(), &run.files.socket));
     for round in 0..20 {
-        let (code, out, err) = client(&base, "ctl", &["status", "job", "--json"]);
-        assert_eq!(code, 0, "round {round}: {err}");
-        assert_eq!(json_line(&out)["pid"].as_i64(), Some(i64::from(pid)));
+        assert_status_shows(&base, pid, &format!("round {round}: "));
     }
 }
 
@@ -1233,7 +1047,7 @@ fn json_and_counts_show_only_the_real_jobs(base: &Path) {
 /// of its own at socket names answering with forged lines, a link at one to
 /// the root-only `victim_path`, and look-alike rendezvous names (beside
 /// `job_pid`'s real one).
-fn planted_spec(base: &Path, victim_path: &Path, job_pid: i32) -> Vec<Value> {
+fn planted_spec(base: &Path, victim_path: &Path, job_pid: i32) -> Value {
     let laden = fake_line(
         "\u{1b}]0;owned\u{7}job",
         "x\u{1b}[1A\u{1b}[2K\njob  job  running",
@@ -1266,18 +1080,16 @@ fn planted_spec(base: &Path, victim_path: &Path, job_pid: i32) -> Vec<Value> {
             spec.push(serde_json::json!({"bind": format!("@{at}"), "tag": format!("abstract{i}"), "line": line}));
         }
     }
-    spec
+    Value::from(spec)
 }
 
 #[test]
 fn planted_names_are_not_jobs_and_links_are_never_followed() {
-    if !require_root("to act as the job's user") {
+    let Some((t, base, atk)) = attack_setup("to act as the job's user", &["job", "nats", "web"])
+    else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job", "nats", "web"]);
-    let atk = attacker_dir(&t);
-    let v = Victims::new(&t);
+    };
+    let v = Victims::new(&t, &[]);
     let (victim_path, victim) = v.socket("root-only.sock");
     let mut job = Run::builder(&base, "job").spawn([child()]);
     let mut nats = Run::builder(&base, "nats").spawn([child()]);
@@ -1285,12 +1097,7 @@ fn planted_names_are_not_jobs_and_links_are_never_followed() {
     nats.wait_running();
     let spec = planted_spec(&base, &victim_path, job.pid());
     let log = atk.join("fakes.log");
-    let _fakes = Attacker::python(
-        &atk,
-        NOBODY,
-        FAKES,
-        &args(&[&log, &serde_json::to_string(&spec).unwrap()]),
-    );
+    let _fakes = fakes(&atk, &log, &spec);
     listings_show_exactly(&base, &["job", "nats"]);
     json_and_counts_show_only_the_real_jobs(&base);
 
@@ -1317,34 +1124,23 @@ fn planted_names_are_not_jobs_and_links_are_never_followed() {
 /// (under a 256 MB address-space limit) change nothing.
 #[test]
 fn bpm_pid_prints_only_what_container_run_confirms() {
-    if !require_root("to act as the job's user") {
+    let Some((_t, base, _atk, run, pid)) = job_under_attack() else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job"]);
-    let run = Run::builder(&base, "job").spawn([child()]);
-    let pid = run.wait_running();
+    };
     let pidfile = run.files.pidfile.display().to_string();
     as_job_user(&format!(
         "echo 1 > {pidfile}.x; mv -f {pidfile}.x {pidfile}"
     ));
     let (code, out, err) = client(&base, "bpm", &["pid", "job"]);
     assert_eq!((code, out.trim()), (0, pid.to_string().as_str()), "{err}");
-    let (code, out, err) = client(&base, "ctl", &["stop", "job"]);
-    assert_eq!(code, 0, "{out}{err}");
+    ctl_job(&base, "stop");
     for plant in [
         format!("echo 1 > {pidfile}"),
         format!("rm -f {pidfile}; mkfifo {pidfile}"),
         format!("rm -f {pidfile}; ln -s /dev/zero {pidfile}"),
     ] {
         as_job_user(&plant);
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "ulimit -v 262144; exec \"$@\"", "sh"])
-            .arg(bin())
-            .args(["bpm", "pid", "job", "--base-dir"])
-            .arg(&base);
-        without_client_env(&mut cmd);
-        let (code, out, err) = output_with_deadline(cmd);
+        let (code, out, err) = client_under_ulimit("-v 262144", &base, &["bpm", "pid", "job"]);
         assert_eq!(
             (code, out.as_str()),
             (1, "Process is not running\n"),
@@ -1361,51 +1157,36 @@ fn bpm_pid_prints_only_what_container_run_confirms() {
 /// stopped.
 #[test]
 fn a_stop_marker_deleted_or_replaced_during_a_hold_is_written_again() {
-    if !require_root("to act as the job's user") {
+    let Some((t, base, _atk, mut run, _)) = job_under_attack() else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job"]);
-    let v = Victims::new(&t);
-    let victim = v.file("victim");
-    let mut run = Run::builder(&base, "job").spawn([child()]);
-    run.wait_running();
-    let (code, out, err) = client(&base, "ctl", &["stop", "job"]);
-    assert_eq!(code, 0, "{out}{err}");
+    };
+    let v = Victims::new(&t, &["victim"]);
+    let victim = v.path("victim");
+    ctl_job(&base, "stop");
     let marker = run.files.stopped.clone();
     let m = marker.display().to_string();
-    let roots_regular_file =
-        || std::fs::symlink_metadata(&marker).is_ok_and(|st| st.is_file() && st.uid() == 0);
-    assert!(roots_regular_file());
+    assert!(roots_regular_file(&marker));
     for attack in [
         format!("rm -f {m}"),
-        format!("ln -s {} {m}.l; mv -f {m}.l {m}", victim.display()),
+        format!("ln -s {victim} {m}.l; mv -f {m}.l {m}"),
         format!("echo mine > {m}.o; mv -f {m}.o {m}"),
     ] {
         as_job_user(&attack);
         wait_until(
             &format!("the marker written again after `{attack}`"),
-            &roots_regular_file,
+            || roots_regular_file(&marker),
         );
-        let s = run.status();
-        assert_eq!(
-            (s["state"].as_str(), s["hold"].as_bool()),
-            (Some("stopped"), Some(true))
-        );
-        let (code, _, err) = client(&base, "probe", &["job", "--", "false"]);
-        assert_eq!(code, 0, "after `{attack}` probe ran its check: {err}");
+        assert_held(&run, &base, &format!("after `{attack}` "));
     }
     v.assert_file_untouched("victim");
     assert_eq!(v.names(), ["victim"]);
     run.signal(libc::SIGTERM);
     assert_eq!(run.wait_exit(), 0);
     assert!(
-        roots_regular_file(),
+        roots_regular_file(&marker),
         "the hold did not outlive container-run"
     );
-    let again = Run::builder(&base, "job").spawn([child()]);
-    let s = again.wait_state("stopped");
-    assert_eq!(s["hold"], true);
+    let again = a_restart_comes_up_held(&base);
     assert!(!again.files.pidfile.exists(), "the job ran after a restart");
 }
 
@@ -1439,16 +1220,10 @@ for i in range(count):
 /// complaints are counted, not repeated.
 #[test]
 fn a_directory_at_the_stop_marker_costs_a_bounded_number_of_log_lines() {
-    if !require_root("to act as the job's user") {
+    let Some((_t, base, atk, mut run, _)) = job_under_attack() else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job"]);
-    let atk = attacker_dir(&t);
-    let mut run = Run::builder(&base, "job").spawn([child()]);
-    run.wait_running();
-    let (code, out, err) = client(&base, "ctl", &["stop", "job"]);
-    assert_eq!(code, 0, "{out}{err}");
+    };
+    ctl_job(&base, "stop");
     let started = Instant::now();
     let mut dirs = Attacker::python(
         &atk,
@@ -1457,23 +1232,16 @@ fn a_directory_at_the_stop_marker_costs_a_bounded_number_of_log_lines() {
         &args(&[&run.files.stopped, &"1000", &"0.005"]),
     );
     dirs.finish();
-    let s = run.status();
-    assert_eq!(
-        (s["state"].as_str(), s["hold"].as_bool()),
-        (Some("stopped"), Some(true))
-    );
-    let (code, _, err) = client(&base, "probe", &["job", "--", "false"]);
-    assert_eq!(code, 0, "{err}");
+    assert_held(&run, &base, "");
     as_job_user(&format!("rmdir {}", run.files.stopped.display()));
     wait_until("the marker written again", || {
-        std::fs::symlink_metadata(&run.files.stopped).is_ok_and(|m| m.is_file() && m.uid() == 0)
+        roots_regular_file(&run.files.stopped)
     });
     let elapsed = started.elapsed();
     let log = run.errors();
     run.signal(libc::SIGTERM);
     assert_eq!(run.wait_exit(), 0);
-    let again = Run::builder(&base, "job").spawn([child()]);
-    assert_eq!(again.wait_state("stopped")["hold"], true);
+    a_restart_comes_up_held(&base);
     let complaints = log.lines().filter(|l| l.contains("STOP marker")).count() as u64;
     eprintln!("{complaints} lines about the marker in {elapsed:?}");
     assert!(
@@ -1488,14 +1256,9 @@ fn a_directory_at_the_stop_marker_costs_a_bounded_number_of_log_lines() {
 /// --all` under `ulimit -n 256` still stops the real job.
 #[test]
 fn stop_all_stops_the_real_job_among_300_never_reading_names() {
-    if !require_root("to act as the job's user") {
+    let Some((_t, base, atk, run, pid)) = job_under_attack() else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job"]);
-    let atk = attacker_dir(&t);
-    let run = Run::builder(&base, "job").spawn([child()]);
-    let pid = run.wait_running();
+    };
     let data = base.join("data/job");
     let mut spec: Vec<Value> = (0..300)
         .map(|i| {
@@ -1511,20 +1274,8 @@ fn stop_all_stops_the_real_job_among_300_never_reading_names() {
             ),
         );
     }
-    let log = atk.join("fakes.log");
-    let _fakes = Attacker::python(
-        &atk,
-        NOBODY,
-        FAKES,
-        &args(&[&log, &serde_json::to_string(&spec).unwrap()]),
-    );
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", "ulimit -n 256; exec \"$@\"", "sh"])
-        .arg(bin())
-        .args(["ctl", "stop", "--all", "--base-dir"])
-        .arg(&base);
-    without_client_env(&mut cmd);
-    let (code, out, err) = output_with_deadline(cmd);
+    let _fakes = fakes(&atk, &atk.join("fakes.log"), &Value::from(spec));
+    let (code, out, err) = client_under_ulimit("-n 256", &base, &["ctl", "stop", "--all"]);
     assert!(out.contains("job/job: stopped"), "{code}: {out}{err}");
     assert!(!alive(pid), "the real job runs on");
     assert!(!run.files.pidfile.exists());
@@ -1540,12 +1291,9 @@ fn install_follows_no_link_at_dir_or_in_it() {
         return;
     }
     let t = TempDir::new();
-    let v = Victims::new(&t);
-    v.file("container-run");
-    v.file("other");
+    let v = Victims::new(&t, &["container-run", "other"]);
+    job_user_dirs(t.path(), ["shared"]);
     let shared = t.file("shared");
-    std::fs::create_dir(&shared).unwrap();
-    chown(&shared, NOBODY);
     let s = shared.display().to_string();
     as_job_user(&format!(
         "ln -s {victims} {s}/bin; mkdir {s}/real; ln -s {victims}/other {s}/real/container-run",
@@ -1567,36 +1315,16 @@ fn install_follows_no_link_at_dir_or_in_it() {
 /// Run `cmd` with a stdout whose reader is already gone; (exit code,
 /// stderr).
 fn with_reader_gone(mut cmd: Command) -> (i32, String) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two fds that nothing else owns.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: fresh fds from pipe2, each owned once.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) = pipe();
     drop(read);
-    let err_path = std::env::temp_dir().join(format!(
-        "crt-trust-err-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+    let err_path = std::env::temp_dir().join(unique("crt-trust-err"));
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::from(write))
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .unwrap();
-    let pid = child.id() as i32;
-    let end = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > end {
-            kill(pid, libc::SIGKILL);
-            let _ = child.wait();
-            panic!("{cmd:?} did not end within {DEADLINE:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
+    let status = wait_with_deadline(&mut child, &cmd);
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     let _ = std::fs::remove_file(&err_path);
     (exit_code(status), err)
@@ -1623,13 +1351,7 @@ fn a_reader_that_goes_away_ends_every_client_quietly() {
         &["ctl", "start", "job"],
     ];
     for call in calls {
-        let mut cmd = Command::new(bin());
-        cmd.arg(call[0])
-            .arg("--base-dir")
-            .arg(&base)
-            .args(&call[1..]);
-        without_client_env(&mut cmd);
-        let (code, err) = with_reader_gone(cmd);
+        let (code, err) = with_reader_gone(client_command(None, &base, call[0], &call[1..]));
         assert!(err.is_empty(), "{call:?} (exit {code}) said: {err}");
         assert!(
             code == 0 || code == 128 + libc::SIGPIPE,
@@ -1644,15 +1366,12 @@ fn a_reader_that_goes_away_ends_every_client_quietly() {
 /// state, without asking again.
 #[test]
 fn a_waiters_settle_reply_survives_junk_from_many_senders() {
-    if !require_root("to act as the job's user") {
+    let Some((t, base, atk)) = attack_setup("to act as the job's user", &["job"]) else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job"]);
-    let atk = attacker_dir(&t);
+    };
     let rec = Recorder::new(&t, &["--ignore-term"]);
-    let run = Run::builder(&base, "job")
-        .args(["--socket-group", "65534", "--stop-timeout", "1h"])
+    let run = grouped_run(&base, "job")
+        .args(["--stop-timeout", "1h"])
         .spawn(&rec.command);
     let pid = run.wait_running();
     assert_eq!(rec.wait_ready(), pid);
@@ -1699,13 +1418,11 @@ print(s.recv(65536).decode(), end='')
 /// the group, by their primary or a supplementary group, are served.
 #[test]
 fn a_non_member_is_refused_at_the_rendezvous_as_at_the_named_socket() {
-    if !require_root("to act as the job's user") {
+    let Some((_t, base, _atk)) = attack_setup("to act as the job's user", &["job", "grouped"])
+    else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job", "grouped"]);
-    let run = Run::builder(&base, "job").spawn([child()]);
-    let pid = run.wait_running();
+    };
+    let (run, pid) = Run::builder(&base, "job").spawn_running();
     let name = rendezvous_of(run.pid()).expect("a rendezvous name");
     let socket = run.files.socket.display().to_string();
     let by_name = client_as_job_user(&base, "ctl", &["status", "job"]);
@@ -1718,28 +1435,19 @@ fn a_non_member_is_refused_at_the_rendezvous_as_at_the_named_socket() {
     let (code, _, err) = client_as_job_user(&base, "ctl", &["stop", "job", "--timeout", "1s"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("permission denied"), "{err}");
-    let mut ask = setpriv(NOBODY);
-    ask.args([PYTHON, "-c", ASK, &name, "STOP"]);
-    let (code, out, err) = output_with_deadline(ask);
+    let (code, out, err) = python_to_end(ASK, &args(&[&name, &"STOP"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "{\"refused\":\"permission denied\"}\n");
     assert!(alive(pid));
     assert_eq!(run.status()["state"], "running");
 
-    let grouped = Run::builder(&base, "grouped")
-        .args(["--socket-group", "65534"])
-        .spawn([child()]);
-    grouped.wait_running();
+    let (grouped, _) = grouped_run(&base, "grouped").spawn_running();
     let (code, out, err) = client_as_job_user(&base, "ctl", &["status", "grouped", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(json_line(&out)["state"], "running");
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65533", "--groups=65534"])
-        .arg(bin())
-        .args(["ctl", "stop", "grouped", "--base-dir"])
-        .arg(&base);
-    without_client_env(&mut cmd);
-    let (code, out, err) = output_with_deadline(cmd);
+    let mut member = Command::new("setpriv");
+    member.args(["--reuid=65534", "--regid=65533", "--groups=65534"]);
+    let (code, out, err) = client_through(Some(member), &base, "ctl", &["stop", "grouped"]);
     assert_eq!(code, 0, "a supplementary member: {out}{err}");
     grouped.wait_stopped();
 }
@@ -1753,19 +1461,11 @@ fn trust_uid_believes_a_container_run_of_another_user() {
         return;
     }
     let t = TempDir::new();
+    job_user_dirs(t.path(), ["base"]);
     let base = t.file("base");
-    std::fs::create_dir(&base).unwrap();
-    chown(&base, NOBODY);
     let stderr = t.file("stderr");
     let mut cmd = setpriv(NOBODY);
-    cmd.arg(bin())
-        .arg("--base-dir")
-        .arg(&base)
-        .args(["--job-name", "job", "--"])
-        .arg(child())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap());
+    wrapped_run(&mut cmd, &base).stderr(std::fs::File::create(&stderr).unwrap());
     without_client_env(&mut cmd);
     let _cr = KilledOnDrop(cmd.spawn().unwrap());
     let files = Files::new(&base, "job", "job");
@@ -1784,12 +1484,8 @@ fn trust_uid_believes_a_container_run_of_another_user() {
     );
     assert_eq!(code, 0, "{err}");
     assert_eq!(json_line(&out)["pid"].as_i64(), Some(i64::from(pid)));
-    let mut by_env = Command::new(bin());
-    by_env
-        .args(["ctl", "status", "job", "--json", "--base-dir"])
-        .arg(&base)
-        .env_remove("CONTAINER_RUN_BASE_DIR")
-        .env("CONTAINER_RUN_TRUST_UID", "65534");
+    let mut by_env = client_command(None, &base, "ctl", &["status", "job", "--json"]);
+    by_env.env("CONTAINER_RUN_TRUST_UID", "65534");
     let (code, _, err) = output_with_deadline(by_env);
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = client_as_job_user(&base, "ctl", &["status", "job"]);
@@ -1815,31 +1511,17 @@ fn trust_uid_believes_a_container_run_of_another_user() {
 /// rendezvous prefix: root's commands still reach the real container-run.
 #[test]
 fn names_squatting_a_jobs_own_prefix_cannot_hide_it() {
-    if !require_root("to act as the job's user") {
+    let Some((_t, base, atk, run, pid)) = job_under_attack() else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job"]);
-    let atk = attacker_dir(&t);
-    let run = Run::builder(&base, "job").spawn([child()]);
-    let pid = run.wait_running();
+    };
     let real = rendezvous_of(run.pid()).expect("a rendezvous name");
     let own = name_prefix(&real, 3);
     let spec: Vec<Value> = (0..500)
         .map(|i| serde_json::json!({"bind": format!("@{own}{i:016x}"), "tag": "squat"}))
         .collect();
-    let _squat = Attacker::python(
-        &atk,
-        NOBODY,
-        FAKES,
-        &args(&[&atk.join("log"), &serde_json::to_string(&spec).unwrap()]),
-    );
-    let (code, out, err) = client(&base, "ctl", &["status", "job", "--json"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(json_line(&out)["pid"].as_i64(), Some(i64::from(pid)));
-    let (code, out, err) = client(&base, "ctl", &["stop", "job"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(!alive(pid));
+    let _squat = fakes(&atk, &atk.join("log"), &Value::from(spec));
+    assert_status_shows(&base, pid, "");
+    assert_stop_stops(&base, pid);
 }
 
 /// A name of the job user's under a draining peer's rendezvous prefix
@@ -1847,31 +1529,19 @@ fn names_squatting_a_jobs_own_prefix_cannot_hide_it() {
 /// barrier lets go at once, not at the drain's deadline (10 min).
 #[test]
 fn a_name_squatting_a_peers_prefix_does_not_outlive_the_peer() {
-    if !require_root("to act as the job's user") {
+    let Some((t, base, atk)) = attack_setup("to act as the job's user", &["rep", "garden"]) else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["rep", "garden"]);
-    let atk = attacker_dir(&t);
-    let script = drain_script(&t, 600, &t.file("rep-drained"));
-    let (garden_term, garden_ready) = (t.file("garden-term"), t.file("garden-ready"));
-    let mut garden = Run::builder(&base, "garden").spawn(stamping_job(&garden_term, &garden_ready));
-    let mut rep = Run::builder(&base, "rep")
-        .arg("--drain-name")
-        .arg(&script)
-        .spawn([child()]);
-    garden.wait_running();
-    wait_pid_file(&garden_ready);
-    rep.wait_running();
+    };
+    let GardenAndRep {
+        mut garden,
+        mut rep,
+        garden_term,
+        ..
+    } = GardenAndRep::start(&t, &base, 600, &[], &[]);
     let real = rendezvous_of(rep.pid()).expect("a rendezvous name");
     let own = name_prefix(&real, 3);
     let spec = serde_json::json!([{"bind": format!("@{own}squat"), "tag": "squat"}]);
-    let _squat = Attacker::python(
-        &atk,
-        NOBODY,
-        FAKES,
-        &args(&[&atk.join("log"), &spec.to_string()]),
-    );
+    let _squat = fakes(&atk, &atk.join("log"), &spec);
     rep.signal(libc::SIGTERM);
     rep.wait_state("draining");
     garden.signal(libc::SIGTERM);
@@ -1922,14 +1592,9 @@ fn only_fakes_answering_fails_every_command(base: &Path) {
 
 #[test]
 fn fake_rendezvous_names_are_never_jobs_and_never_make_a_command_succeed() {
-    if !require_root("to act as the job's user") {
+    let Some((_t, base, atk, _run, pid)) = job_under_attack() else {
         return;
-    }
-    let t = TempDir::new();
-    let base = job_owned_base(&t, &["job"]);
-    let atk = attacker_dir(&t);
-    let run = Run::builder(&base, "job").spawn([child()]);
-    let pid = run.wait_running();
+    };
     let pod = container_run::rendezvous::pod_of(&base).unwrap();
     let at = |job: &str, nonce: &str| {
         format!(
@@ -1950,7 +1615,7 @@ fn fake_rendezvous_names_are_never_jobs_and_never_make_a_command_succeed() {
         {"bind": at("nats", "n4"), "tag": "nats", "line": fake_line("nats", "nats", "running", false)},
     ]);
     let log = atk.join("fakes.log");
-    let _fakes = Attacker::python(&atk, NOBODY, FAKES, &args(&[&log, &spec.to_string()]));
+    let _fakes = fakes(&atk, &log, &spec);
 
     listings_show_exactly(&base, &["job"]);
 
@@ -1960,13 +1625,9 @@ fn fake_rendezvous_names_are_never_jobs_and_never_make_a_command_succeed() {
     assert!(out.is_empty(), "{out}{err}");
     only_fakes_answering_fails_every_command(&base);
     for _ in 0..5 {
-        let (code, out, err) = client(&base, "ctl", &["status", "job", "--json"]);
-        assert_eq!(code, 0, "{err}");
-        assert_eq!(json_line(&out)["pid"].as_i64(), Some(i64::from(pid)));
+        assert_status_shows(&base, pid, "");
     }
-    let (code, out, err) = client(&base, "ctl", &["stop", "job"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(!alive(pid));
+    assert_stop_stops(&base, pid);
     let commands: Vec<String> = fake_log(&log)
         .into_iter()
         .filter(|l| !l.ends_with("b'STATUS'"))

@@ -3,7 +3,10 @@
 //! bounded waits on conditions, datagram clients, and /proc readers.
 #![allow(dead_code)]
 
+pub mod attack;
+
 use std::ffi::OsStr;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
@@ -56,7 +59,8 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn unique(prefix: &str) -> String {
+/// A name no other test of this run uses: `PREFIX-PID-N`.
+pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}-{}-{}",
         std::process::id(),
@@ -167,6 +171,23 @@ impl Builder {
             extra_pids: Vec::new(),
             exited: None,
         }
+    }
+
+    /// Start it with the test child as its job; returns once the job runs,
+    /// with the job's pid.
+    pub fn spawn_running(self) -> (Run, i32) {
+        let run = self.spawn([child()]);
+        let pid = run.wait_running();
+        (run, pid)
+    }
+
+    /// Start it with the recorder's job; returns once the job runs and has
+    /// set up.
+    pub fn spawn_ready(self, rec: &Recorder) -> Run {
+        let run = self.spawn(&rec.command);
+        run.wait_running();
+        rec.wait_ready();
+        run
     }
 }
 
@@ -447,6 +468,42 @@ pub fn ppid(pid: i32) -> Option<i32> {
         .ok()
 }
 
+/// The pid of a child of `parent`, once it has one (the container-run
+/// that `unshare --fork` started, say).
+pub fn wait_child_of(parent: i32, what: &str) -> i32 {
+    wait_for(what, || {
+        descendants(parent)
+            .into_iter()
+            .find(|&p| ppid(p) == Some(parent))
+    })
+}
+
+/// A PATH that finds `container-run`, a link to the binary under test in a
+/// new directory `bin` of `t`, before the system's commands.
+pub fn path_with_container_run(t: &TempDir) -> String {
+    let tools = t.file("bin");
+    std::fs::create_dir(&tools).unwrap();
+    std::os::unix::fs::symlink(bin(), tools.join("container-run")).unwrap();
+    format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// `container-run --base-dir BASE --job-name job -- TESTCHILD` as what
+/// `wrap` runs (`setpriv ...`, `sh -c '...; exec "$@"' sh`), with no stdin
+/// or stdout; its stderr is the caller's to set.
+pub fn wrapped_run<'a>(wrap: &'a mut Command, base: &Path) -> &'a mut Command {
+    wrap.arg(bin())
+        .arg("--base-dir")
+        .arg(base)
+        .args(["--job-name", "job", "--"])
+        .arg(child())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+}
+
 /// Every process whose parent chain leads to `root`.
 pub fn descendants(root: i32) -> Vec<i32> {
     let all: Vec<(i32, i32)> = std::fs::read_dir("/proc")
@@ -531,31 +588,109 @@ pub fn run_to_end(args: &[&OsStr]) -> (i32, String, String) {
     output_with_deadline(cmd)
 }
 
+/// `container-run MODE --base-dir BASE ARGS...`, with no base directory
+/// from the environment.
+pub fn mode_command(mode: &str, base: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg(mode)
+        .arg("--base-dir")
+        .arg(base)
+        .args(args)
+        .env_remove("CONTAINER_RUN_BASE_DIR");
+    cmd
+}
+
 pub fn output_with_deadline(mut cmd: Command) -> (i32, String, String) {
     let out_path = std::env::temp_dir().join(unique("crt-out"));
     let err_path = std::env::temp_dir().join(unique("crt-err"));
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as i32;
-    let end = Instant::now() + DEADLINE;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            kill(pid, libc::SIGKILL);
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(POLL);
-    }
-    let status = child.wait().unwrap();
+    let mut child = spawn_to_files(&mut cmd, &out_path, &err_path);
+    let status = wait_with_deadline(&mut child, &cmd);
     let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     let _ = std::fs::remove_file(&out_path);
     let _ = std::fs::remove_file(&err_path);
     (exit_code(status), out, err)
+}
+
+/// Start `cmd` with no stdin, its stdout in file `out` and its stderr in
+/// file `err`.
+pub fn spawn_to_files(cmd: &mut Command, out: &Path, err: &Path) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(std::fs::File::create(err).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait for `child`, started from `cmd`, to end; after `DEADLINE` SIGKILL
+/// it (by pid), reap it and panic.
+pub fn wait_with_deadline(child: &mut Child, cmd: &Command) -> ExitStatus {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > end {
+            kill(child.id() as i32, libc::SIGKILL);
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A process of the test's, SIGKILLed by pid and reaped when dropped (if
+/// it was not reaped before: its pid may be another process's by then).
+pub struct KilledOnDrop(pub Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().unwrap().is_none() {
+            kill(self.0.id() as i32, libc::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A pipe: (read end, write end), both close-on-exec.
+pub fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two fds that nothing else owns.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fresh fds from pipe2, each owned once.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// A job that writes the realtime clock (ns) to `file` when SIGTERM comes,
+/// and its pid to `ready` once it has set up.
+pub fn stamping_job(file: &Path, ready: &Path) -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!(
+            "trap 'date +%s%N > {f}; exit 0' TERM; echo $$ > {r}; while :; do sleep 0.05; done",
+            f = file.display(),
+            r = ready.display()
+        ),
+    ]
+}
+
+/// The ```sh blocks of a Markdown page, each as its non-empty lines; shell
+/// comments kept only when `comments`.
+pub fn sh_blocks(markdown: &str, comments: bool) -> Vec<Vec<String>> {
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim()) {
+            (None, "```sh") => current = Some(Vec::new()),
+            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some(block), l) if !l.is_empty() && (comments || !l.starts_with('#')) => {
+                block.push(l.to_string())
+            }
+            _ => {}
+        }
+    }
+    blocks
 }
 
 pub fn os(s: &str) -> &OsStr {
