@@ -268,7 +268,8 @@ impl Supervisor {
     }
 
     fn reap(&mut self) -> Option<u8> {
-        let (reaped, children_left) = tree::reap_all();
+        let (reaped, mut children_left) = tree::reap_all();
+        let none_before = !children_left;
         for r in reaped {
             log::debug!("reaped {} ({})", r.pid, r.exit);
             if let Some(code) = self.feed(Event::Reaped(r.pid, r.exit)) {
@@ -281,6 +282,12 @@ impl Supervisor {
             && let Some(code) = self.read_drain_output()
         {
             return Some(code);
+        }
+        // What the reaps caused may have spawned a child (a condition that
+        // passed starts the post-start): "nothing left" is said only if it
+        // is still true now.
+        if none_before {
+            children_left = tree::has_children();
         }
         self.feed(Event::Drained(children_left))
     }

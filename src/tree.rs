@@ -303,7 +303,7 @@ pub fn descendants() -> Vec<ProcEntry> {
 /// Whether container-run has a child at all, alive or not yet reaped; one
 /// system call that reaps nothing (the reap loop owns reaping). Without
 /// one, nothing of the tree is left to walk: an orphan is re-parented here.
-fn has_children() -> bool {
+pub fn has_children() -> bool {
     let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
     // SAFETY: siginfo_t is plain data, all zero a valid value; waitid
     // writes only the siginfo it is given, and WNOWAIT leaves an exited

@@ -1615,9 +1615,6 @@ mod properties {
         /// Every exited child is reaped (the loop: each reap, the drain's
         /// output when its writer is gone, then whether children are left).
         fn reap(&mut self) {
-            // Whether children are left is known when the reaping is done,
-            // before the machine hears of it.
-            let left = !self.live.is_empty();
             for (pid, exit) in std::mem::take(&mut self.dead) {
                 self.reaped.push(pid);
                 // The job's own exit 0 is the last word once it is known.
@@ -1628,6 +1625,10 @@ mod properties {
                 self.feed(Event::Reaped(pid, exit));
             }
             self.output();
+            // Whether children are left is asked after the machine has
+            // heard of the reaps, which may have spawned one (a condition
+            // that passed starts the post-start) or signalled some dead.
+            let left = !self.live.is_empty() || !self.dead.is_empty();
             self.feed(Event::Drained(left));
         }
 
@@ -1778,8 +1779,16 @@ mod properties {
             })
     }
 
+    /// 1,000 lives by default; `PROPTEST_CASES` for the long form.
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1000)
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(1000))]
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
 
         #[test]
         fn random_lives_keep_the_invariants(
