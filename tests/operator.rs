@@ -186,7 +186,7 @@ fn ctrl_c_ends_the_wait_not_the_stop_and_says_what_goes_on() {
     let (run, pid) = slow(&t, "job");
     let stop = Background::ctl(&t, &["stop", "job"]);
     run.wait_state("stopping");
-    wait_until("ctl got its first answer", || {
+    wait_until("container-run got the STOP", || {
         run.errors().contains("received STOP")
     });
     kill(stop.pid(), libc::SIGINT);
@@ -197,7 +197,13 @@ fn ctrl_c_ends_the_wait_not_the_stop_and_says_what_goes_on() {
         err.contains("job/job: interrupted: STOP was sent and goes on in container-run"),
         "{err}"
     );
-    assert!(err.contains("last seen stopping"), "{err}");
+    // What ctl last heard: the answer to its STOP says stopping; on a
+    // loaded machine the SIGINT may come before that answer was read.
+    let seen = err.split("(last seen ").nth(1).unwrap_or_default();
+    assert!(
+        seen.starts_with("stopping ") || seen.starts_with("no answer yet)"),
+        "{err}"
+    );
     // The stop goes on: container-run still holds it, then ends it.
     assert_eq!(run.status()["state"], "stopping");
     kill(pid, libc::SIGKILL);
