@@ -55,10 +55,12 @@ fn stop_start_cycles_leave_no_process_fd_or_memory_behind() {
         at_100.1
     );
     assert_eq!(fds, at_100.0, "file descriptors leaked");
-    // Two pages of allocator noise are not growth; a leak per cycle is
-    // thousands of cycles' worth of pages.
+    // A few pages once are not growth: on a loaded machine more commands
+    // queue at a time and a buffer's capacity grows once (12 kB seen under
+    // scripts/stress-tests; 10,000 cycles of the release build: 0). A leak
+    // of 16 bytes a cycle is 30 kB over the default 2,000 cycles.
     assert!(
-        rss <= at_100.1 + 8,
+        rss <= at_100.1 + 24,
         "anonymous RSS grew from {} kB to {rss} kB",
         at_100.1
     );
