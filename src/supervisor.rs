@@ -269,7 +269,6 @@ impl Supervisor {
 
     fn reap(&mut self) -> Option<u8> {
         let (reaped, mut children_left) = tree::reap_all();
-        let none_before = !children_left;
         for r in reaped {
             log::debug!("reaped {} ({})", r.pid, r.exit);
             if let Some(code) = self.feed(Event::Reaped(r.pid, r.exit)) {
@@ -286,7 +285,7 @@ impl Supervisor {
         // What the reaps caused may have spawned a child (a condition that
         // passed starts the post-start): "nothing left" is said only if it
         // is still true now.
-        if none_before {
+        if !children_left {
             children_left = tree::has_children();
         }
         self.feed(Event::Drained(children_left))

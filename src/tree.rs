@@ -276,12 +276,13 @@ pub fn descendants() -> Vec<ProcEntry> {
     }
     let root = std::process::id() as Pid;
     let pids = match children_files(root) {
-        // The root's children, read once.
+        // The root's children, read once: `walk` asks for them first.
         Some(first) => {
             let mut first = Some(first);
-            walk(root, |pid| match first.take() {
-                Some(kids) if pid == root => kids,
-                _ => children_files(pid).unwrap_or_default(),
+            walk(root, |pid| {
+                first
+                    .take()
+                    .unwrap_or_else(|| children_files(pid).unwrap_or_default())
             })
         }
         None => {

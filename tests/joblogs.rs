@@ -257,17 +257,10 @@ fn whole_numbers(text: &str) -> Option<Vec<u64>> {
 
 /// The numbers of well-formed numbered lines; a malformed one fails.
 fn numbers(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            assert_eq!(
-                format!("{l}\n"),
-                numbered(l[..9].parse().unwrap()),
-                "malformed line"
-            );
-            l[..9].parse().unwrap()
-        })
-        .collect()
+    whole_numbers(text).unwrap_or_else(|| {
+        let bad = text.lines().find(|l| whole_numbers(l).is_none());
+        panic!("malformed line: {bad:?}")
+    })
 }
 
 #[test]
