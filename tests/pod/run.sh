@@ -340,7 +340,10 @@ scenario_page() {
   # The init step again while both job containers execute the binary.
   local before
   before=$(podman exec $rr $CR ctl status route_registrar --json | jq .pid)
-  expect 0 podman start --attach $init
+  # Started, then waited for: `start --attach` fails when the short init
+  # step has already exited by the time podman attaches.
+  expect 0 podman start $init
+  expect 0 podman wait $init
   [ "$(exit_code $init)" = 0 ] || fail "init re-run exited $(exit_code $init)"
   [ "$(podman exec $rr $CR ctl status route_registrar --json | jq .pid)" = "$before" ] ||
     fail "route_registrar restarted by the init step"
